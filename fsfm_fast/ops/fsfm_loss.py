@@ -1,0 +1,78 @@
+"""The 3C pretraining loss (SPEC section 4) and the patch layout its targets use."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import reference
+from ._checks import (check_mask, check_patch_size, check_same_device, check_tensor,
+                      resolve_backend)
+from .reference import FSFMLoss
+
+_BACKENDS = ("torch",)
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, L, p*p*C], patches row-major, each in (row, col, channel) order."""
+    check_tensor(images, "images", ndim=4)
+    check_patch_size(patch_size, images.shape[2], images.shape[3], "images")
+    return reference.patchify(images, patch_size)
+
+
+def unpatchify(x: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of patchify: [B, L, p*p*C] -> [B, C, height, width]."""
+    check_tensor(x, "x", ndim=3)
+    check_patch_size(patch_size, height, width, "the output")
+    expected = (height // patch_size) * (width // patch_size)
+    if x.shape[1] != expected or x.shape[2] % (patch_size * patch_size):
+        raise ValueError(f"x must have shape (B, {expected}, p*p*C) for a {height}x{width} image "
+                         f"and patch {patch_size}, got {tuple(x.shape)}")
+    return reference.unpatchify(x, patch_size, height, width)
+
+
+def _check_features(online, target, batch: int) -> None:
+    if (online is None) != (target is None):
+        raise ValueError("online_features and target_features must be given together")
+    if online is None:
+        return
+    for name, t in (("online_features", online), ("target_features", target)):
+        check_tensor(t, name, ndim=2, floating=True)
+        if t.shape[0] != batch:
+            raise ValueError(f"{name} must have batch size {batch}, got {tuple(t.shape)}")
+    if online.shape != target.shape:
+        raise ValueError(f"online_features {tuple(online.shape)} and target_features "
+                         f"{tuple(target.shape)} must have the same shape")
+
+
+def fsfm_loss(pred: torch.Tensor, images: torch.Tensor, img_mask: torch.Tensor,
+              fr_mask: torch.Tensor, online_features: Optional[torch.Tensor] = None,
+              target_features: Optional[torch.Tensor] = None, *, patch_size: int,
+              norm_pix_loss: bool = True, weight_sfr: float = 0.007, weight_cl: float = 0.1,
+              cl_loss: str = "simsiam", backend: str = "auto") -> FSFMLoss:
+    """FSFMLoss(total, rec_all, rec_sfr, cl) as fp32 scalars.
+
+    rec_all / rec_sfr: mean per-patch squared error over the hidden patches / the fully hidden
+    region (0 when fr_mask is empty); cl: distillation loss, 0 without features. target_features
+    never receive gradient.
+    """
+    check_tensor(images, "images", ndim=4, floating=True)
+    check_patch_size(patch_size, images.shape[2], images.shape[3], "images")
+    B, C, H, W = images.shape
+    num_patches = (H // patch_size) * (W // patch_size)
+    check_tensor(pred, "pred", ndim=3, floating=True)
+    expected = (B, num_patches, patch_size * patch_size * C)
+    if tuple(pred.shape) != expected:
+        raise ValueError(f"pred must have shape {expected}, got {tuple(pred.shape)}")
+    check_mask(img_mask, "img_mask", (B, num_patches))
+    check_mask(fr_mask, "fr_mask", (B, num_patches))
+    _check_features(online_features, target_features, B)
+    if cl_loss not in reference.CL_LOSSES:
+        raise ValueError(f"cl_loss must be one of {reference.CL_LOSSES}, got {cl_loss!r}")
+    check_same_device("fsfm_loss", pred=pred, images=images, img_mask=img_mask, fr_mask=fr_mask,
+                      online_features=online_features, target_features=target_features)
+    resolve_backend(backend, _BACKENDS, "fsfm_loss")
+    return reference.fsfm_loss(pred, images, img_mask, fr_mask, online_features,
+                               target_features, patch_size=patch_size,
+                               norm_pix_loss=norm_pix_loss, weight_sfr=weight_sfr,
+                               weight_cl=weight_cl, cl_loss=cl_loss)

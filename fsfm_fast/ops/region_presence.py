@@ -1,0 +1,71 @@
+"""Per-patch label presence: which LaPa-11 labels occur in each patch.
+
+The first step of CRFR-P masking. Backends: "cuda" and "cpu" run the
+compiled op `torch.ops.fsfm_fast.region_presence` (kernels/, csrc/), "torch"
+the reference. "auto" takes the compiled op for the tensor's device when the
+extension has it, else the reference; FSFM_OPS_BACKEND overrides "auto".
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _ext
+from . import reference
+from ._checks import check_parsing, check_patch_size, check_tensor, resolve_backend
+
+_BACKENDS = ("cpu", "cuda", "torch")
+_OP_NAME = "fsfm_fast::region_presence"
+
+
+def region_presence(parsing: torch.Tensor, patch_size: int, backend: str = "auto") -> torch.Tensor:
+    """int16 [B, (H/p)*(W/p)] masks of a uint8 [B, H, W] parsing batch: bit k is set iff label k
+    occurs in the patch; patches in row-major order."""
+    check_tensor(parsing, "parsing", ndim=3, dtypes=(torch.uint8,))
+    check_patch_size(patch_size, parsing.shape[1], parsing.shape[2], "parsing")
+    chosen = _choose_backend(resolve_backend(backend, _BACKENDS, "region_presence"),
+                             parsing.device)
+    if chosen == "torch":
+        check_parsing(parsing, patch_size)
+        return reference.region_presence(parsing, patch_size)
+    # The compiled op checks the label range itself, in the same pass (CPU) or
+    # with one reduction before its launch (CUDA).
+    return torch.ops.fsfm_fast.region_presence(parsing, patch_size)
+
+
+def _choose_backend(backend: str, device: torch.device) -> str:
+    if backend == "torch":
+        return "torch"
+    if backend == "auto":
+        if not _ext.has_extension():
+            return "torch"
+        if device.type == "cuda":
+            return "cuda" if _ext.cuda_built() else "torch"
+        return "cpu" if device.type in ("cpu", "meta") else "torch"
+    if not _ext.has_extension():
+        raise RuntimeError(f"region_presence: backend {backend!r} needs the compiled extension, "
+                           f"but {_ext.unavailable_reason()}")
+    if backend == "cuda" and not _ext.cuda_built():
+        raise RuntimeError("region_presence: backend 'cuda' is unavailable: fsfm_fast._C was "
+                           "built without CUDA (no nvcc at build time, or FSFM_FORCE_CPU=1)")
+    if device.type != backend:
+        raise RuntimeError(f"region_presence: backend {backend!r} needs parsing on a "
+                           f"{backend.upper()} device, got parsing on {device}")
+    return backend
+
+
+def _region_presence_fake(parsing: torch.Tensor, patch_size: int) -> torch.Tensor:
+    # Shape rules of the compiled op, for FakeTensor / torch.compile tracing.
+    torch._check(parsing.dim() == 3, lambda: "parsing must be a 3-D [B, H, W] tensor")
+    torch._check(parsing.dtype == torch.uint8, lambda: "parsing must have dtype uint8")
+    torch._check(patch_size > 0, lambda: "patch_size must be positive")
+    batch, height, width = parsing.shape
+    torch._check(height % patch_size == 0,
+                 lambda: "parsing height must be divisible by patch_size")
+    torch._check(width % patch_size == 0,
+                 lambda: "parsing width must be divisible by patch_size")
+    return parsing.new_empty((batch, (height // patch_size) * (width // patch_size)),
+                             dtype=torch.int16)
+
+
+if _ext.has_extension():
+    torch.library.register_fake(_OP_NAME)(_region_presence_fake)

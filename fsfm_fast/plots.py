@@ -1,0 +1,82 @@
+"""The two pictures a run ends with: its loss curves, and masked faces next to their reconstructions."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .run_log import read_log
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_loss_curves(log_path: str | Path, out_png: str | Path) -> Path:
+    rows = read_log(log_path, "train")
+    if not rows:
+        raise ValueError(f"no training records in {log_path}")
+    plt = _pyplot()
+    keys = [("loss", "total"), ("loss_rec_all", "reconstruction (all hidden)"),
+            ("loss_rec_sfr", "reconstruction (covered region)"), ("loss_cl", "distillation")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
+    steps = np.array([r["step"] for r in rows])
+    for ax, (key, title) in zip(axes, keys):
+        values = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+        ax.plot(steps, values, lw=1.2)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def _to_rgb(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    x = (images.float().cpu() * s + m).clamp(0, 1)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def plot_reconstructions(images: torch.Tensor, img_mask: torch.Tensor, fr_mask: torch.Tensor,
+                         recon: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                         patch_size: int, out_png: str | Path) -> Path:
+    """Rows of: input, input with hidden patches greyed (covered region tinted), reconstruction,
+    reconstruction pasted into the visible patches. ``recon`` is an image batch in input space."""
+    plt = _pyplot()
+    b, _, h, w = images.shape
+    gh, gw = h // patch_size, w // patch_size
+
+    def up(mask: torch.Tensor) -> np.ndarray:
+        grid = mask.reshape(b, gh, gw).float().cpu()
+        return grid.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2).numpy()[..., None]
+
+    hidden, region = up(img_mask), up(fr_mask)
+    orig, rec = _to_rgb(images, mean, std), _to_rgb(recon, mean, std)
+    masked = orig * (1 - hidden) + 0.5 * hidden
+    masked = masked * (1 - region) + region * np.array([0.85, 0.45, 0.45])
+    pasted = orig * (1 - hidden) + rec * hidden
+    columns = [("input", orig), ("hidden (red: covered region)", masked),
+               ("reconstruction", rec), ("visible + reconstruction", pasted)]
+    fig, axes = plt.subplots(b, len(columns), figsize=(2.2 * len(columns), 2.2 * b), squeeze=False)
+    for i in range(b):
+        for j, (title, pics) in enumerate(columns):
+            ax = axes[i, j]
+            ax.imshow(pics[i])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,75 @@
+"""What a run leaves behind while it trains: a JSON-lines log, TensorBoard scalars, a progress bar."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+class RunLog:
+    """Appends one JSON object per record to ``log.jsonl`` and mirrors numbers to TensorBoard.
+
+    Only the main process writes; the other ranks get an inert instance so the loop needs no branches.
+    """
+
+    def __init__(self, output_dir: str | Path, *, enabled: bool, tensorboard: bool = True,
+                 total: int = 0, initial: int = 0):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "log.jsonl"
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+            except ImportError:  # tensorboard is optional at run time
+                self._tb = None
+        self._bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, smoothing=0.1)
+
+    def record(self, kind: str, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        row = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, allow_nan=True) + "\n")
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+
+    def progress(self, n: int, **postfix: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
+                                       for k, v in postfix.items()}, refresh=False)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (tqdm.write if self._bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+def read_log(path: str | Path, kind: str = "train") -> list[dict[str, Any]]:
+    rows = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                row = json.loads(line)
+                if row.get("kind") == kind:
+                    rows.append(row)
+    return rows
