@@ -156,3 +156,25 @@ def test_two_process_gloo_ddp(faces, tmp_path):
     # 96 images over 2 ranks x 4 per batch: 12 iterations per epoch, images/s counts both ranks
     ckpt = safe_load(CheckpointManager(tmp_path).latest())
     assert ckpt["iteration"] == 6 and ckpt["args"]["batch_size"] == 4
+
+
+def test_trains_without_the_compiled_extension(faces, tmp_path):
+    """A failed or missing build must still train, on the reference ops, after one warning."""
+    code = f"""
+import sys, warnings
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "fsfm_fast._C":
+            raise ImportError("blocked by the test")
+sys.meta_path.insert(0, Block())
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from fsfm_fast import pretrain
+    code = pretrain.main({_argv(faces, tmp_path, "--max_steps", "3")!r})
+mine = [w for w in caught if "fsfm_fast._C" in str(w.message)]
+assert code == 0 and len(mine) == 1, [str(w.message) for w in caught]
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+    assert [r["step"] for r in read_log(tmp_path / "log.jsonl")][-1] == 3
