@@ -7,6 +7,10 @@
 #include <cstdint>
 
 namespace fsfm {
+namespace crfrp {
+struct Params;  // kernels/crfrp_mask.cuh
+}  // namespace crfrp
+
 namespace cpu {
 
 // Per-patch label presence: parsing is uint8 [B, height, width], out is
@@ -20,6 +24,16 @@ std::uint32_t region_presence(const std::uint8_t* parsing, std::int16_t* out,
                               std::int64_t height, std::int64_t width,
                               std::int64_t patch, std::int64_t b0,
                               std::int64_t b1);
+
+// CRFR-P masks for the images [b0, b1) of p (host buffers; requires
+// crfrp::valid(p)): the same stages and random stream as the CUDA kernel,
+// hence the same masks bit for bit, computed one image at a time with
+// nth_element instead of the kernel's block-wide ranks. Returns the label
+// bits seen, as region_presence does: labels above 10 leave p's outputs
+// meaningless (but never read or write out of bounds) and must be reported
+// by the caller.
+std::uint32_t crfrp_mask(const crfrp::Params& p, std::int64_t b0,
+                         std::int64_t b1);
 
 }  // namespace cpu
 }  // namespace fsfm
