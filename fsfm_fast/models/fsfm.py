@@ -225,9 +225,18 @@ class OnlineNetwork(FSFMTrunk):
 
     def decode_pixels(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Pixel decoder -> [B, L, p*p*3] (cls dropped)."""
-        # The reference fills hidden places with the rep decoder's mask token before decoder_embed.
-        x = ops.restore_masked(latent, ids_restore, self.mask_token, None, backend=self.ops_backend)
-        x = self.decoder_embed(x) + self.decoder_pos_embed
+        if self.ops_backend == "torch":
+            # The reference order: fill hidden places with the rep decoder's mask token in
+            # encoder width, then embed all L+1 tokens.
+            x = ops.restore_masked(latent, ids_restore, self.mask_token, None, backend="torch")
+            x = self.decoder_embed(x) + self.decoder_pos_embed
+        else:
+            # decoder_embed acts on each token alone, so embedding the K+1 real tokens and the
+            # mask token once, then restoring, is the same function with a 4x smaller matmul, and
+            # the restore adds decoder_pos_embed in the same pass.
+            fill = self.decoder_embed(self.mask_token)
+            x = ops.restore_masked(self.decoder_embed(latent), ids_restore, fill,
+                                   self.decoder_pos_embed[0], backend=self.ops_backend)
         for blk in self.decoder_blocks:
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
@@ -240,7 +249,10 @@ class OnlineNetwork(FSFMTrunk):
                              f"patch {self.patch_size}, got {list(mask.shape)}")
 
     def forward(self, images: torch.Tensor, img_mask: torch.Tensor, fr_mask: torch.Tensor,
-                target_features: torch.Tensor | None = None) -> OnlineOutput:
+                target_features: torch.Tensor | None = None,
+                ids: tuple[torch.Tensor, torch.Tensor] | None = None) -> OnlineOutput:
+        """ids: ops.mask_to_indices(img_mask) when already at hand; computing it reads the mask on
+        the host (K sets the shapes), so torch.compile(fullgraph=True) needs it passed in."""
         self.check_images(images)
         batch = images.shape[0]
         self._check_mask("img_mask", img_mask, batch)
@@ -249,7 +261,8 @@ class OnlineNetwork(FSFMTrunk):
             raise ValueError(f"target_features must be [{batch}, {self.config.proj_dim}], "
                              f"got {list(target_features.shape)}")
 
-        ids_keep, ids_restore = ops.mask_to_indices(img_mask, backend=self.ops_backend)
+        # One implementation for every backend: it only sorts the mask.
+        ids_keep, ids_restore = ids if ids is not None else ops.mask_to_indices(img_mask)
         latent = self.encode(images, ids_keep)
         rep = self.decode_rep(latent, ids_restore)
         features = F.normalize(self.predictor(self.project(rep)), dim=-1)

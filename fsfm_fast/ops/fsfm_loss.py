@@ -1,4 +1,8 @@
-"""The 3C pretraining loss (SPEC section 4) and the patch layout its targets use."""
+"""The 3C pretraining loss (SPEC section 4) and the patch layout its targets use.
+
+fsfm_loss backends: "triton" (triton_loss: fused forward and backward over the hidden patches)
+and "torch" (the reference); "auto" takes Triton for CUDA tensors when it is installed.
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,9 +12,10 @@ import torch
 from . import reference
 from ._checks import (check_mask, check_patch_size, check_same_device, check_tensor,
                       resolve_backend)
+from ._triton_support import use_triton
 from .reference import FSFMLoss
 
-_BACKENDS = ("torch",)
+_BACKENDS = ("torch", "triton")
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -71,7 +76,15 @@ def fsfm_loss(pred: torch.Tensor, images: torch.Tensor, img_mask: torch.Tensor,
         raise ValueError(f"cl_loss must be one of {reference.CL_LOSSES}, got {cl_loss!r}")
     check_same_device("fsfm_loss", pred=pred, images=images, img_mask=img_mask, fr_mask=fr_mask,
                       online_features=online_features, target_features=target_features)
-    resolve_backend(backend, _BACKENDS, "fsfm_loss")
+    chosen = resolve_backend(backend, _BACKENDS, "fsfm_loss")
+    # Masks are only compared with 0 in the kernels, so their dtype never rules Triton out.
+    if use_triton(chosen, "fsfm_loss", pred.device,
+                  (pred, images, online_features, target_features)):
+        from . import triton_loss  # first use: TRITON_INTERPRET is read when kernels are defined
+        out = triton_loss.fsfm_loss(pred, images, img_mask, fr_mask, online_features,
+                                    target_features, patch_size, norm_pix_loss, weight_sfr,
+                                    weight_cl, cl_loss)
+        return FSFMLoss(out[0], out[1], out[2], out[3])
     return reference.fsfm_loss(pred, images, img_mask, fr_mask, online_features,
                                target_features, patch_size=patch_size,
                                norm_pix_loss=norm_pix_loss, weight_sfr=weight_sfr,

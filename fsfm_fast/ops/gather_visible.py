@@ -1,4 +1,8 @@
-"""Visible-patch embedding: mask -> indices, and patch embed + pos embed of the kept patches."""
+"""Visible-patch embedding: mask -> indices, and patch embed + pos embed of the kept patches.
+
+gather_visible backends: "triton" (triton_gather: one fused gather + matmul kernel) and "torch"
+(the reference); "auto" takes Triton for CUDA tensors when it is installed.
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,8 +12,10 @@ import torch
 from . import reference
 from ._checks import (check_indices, check_mask, check_patch_size, check_same_device,
                       check_tensor, resolve_backend, squeeze_leading)
+from ._triton_support import check_unique_rows, use_triton
 
-_BACKENDS = ("torch",)
+_INDEX_BACKENDS = ("torch",)
+_BACKENDS = ("torch", "triton")
 
 
 def mask_to_indices(img_mask: torch.Tensor, backend: str = "auto"):
@@ -25,7 +31,7 @@ def mask_to_indices(img_mask: torch.Tensor, backend: str = "auto"):
         if bool((kept != kept[0]).any()):
             raise ValueError(f"img_mask must hide the same number of patches in every row, "
                              f"got visible counts from {int(kept.min())} to {int(kept.max())}")
-    resolve_backend(backend, _BACKENDS, "mask_to_indices")
+    resolve_backend(backend, _INDEX_BACKENDS, "mask_to_indices")
     return reference.mask_to_indices(img_mask)
 
 
@@ -56,5 +62,9 @@ def gather_visible(images: torch.Tensor, ids_keep: torch.Tensor, weight: torch.T
     check_same_device("gather_visible", images=images, ids_keep=ids_keep, weight=weight,
                       bias=bias, pos_embed=pos_embed)
     check_indices(ids_keep, "ids_keep", images.shape[0], num_patches)
-    resolve_backend(backend, _BACKENDS, "gather_visible")
+    chosen = resolve_backend(backend, _BACKENDS, "gather_visible")
+    if use_triton(chosen, "gather_visible", images.device, (images, weight, bias, pos_embed)):
+        check_unique_rows(ids_keep, "ids_keep", "gather_visible")
+        from . import triton_gather  # first use: TRITON_INTERPRET is read when kernels are defined
+        return triton_gather.gather_visible(images, ids_keep, weight, bias, pos_embed)
     return reference.gather_visible(images, ids_keep, weight, bias, pos_embed)

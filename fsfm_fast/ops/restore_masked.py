@@ -1,4 +1,8 @@
-"""Restore the full token sequence: visible tokens back in place, mask_token elsewhere."""
+"""Restore the full token sequence: visible tokens back in place, mask_token elsewhere.
+
+Backends: "triton" (triton_restore: one fused kernel each way) and "torch" (the reference);
+"auto" takes Triton for CUDA tensors when it is installed.
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,8 +12,9 @@ import torch
 from . import reference
 from ._checks import (check_indices, check_same_device, check_tensor, resolve_backend,
                       squeeze_leading)
+from ._triton_support import check_unique_rows, use_triton
 
-_BACKENDS = ("torch",)
+_BACKENDS = ("torch", "triton")
 
 
 def restore_masked(tokens: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor,
@@ -34,5 +39,9 @@ def restore_masked(tokens: torch.Tensor, ids_restore: torch.Tensor, mask_token: 
         pos_embed = squeeze_leading(pos_embed, "pos_embed", num_patches + 1, D)
     check_same_device("restore_masked", tokens=tokens, ids_restore=ids_restore,
                       mask_token=mask_token, pos_embed=pos_embed)
-    resolve_backend(backend, _BACKENDS, "restore_masked")
+    chosen = resolve_backend(backend, _BACKENDS, "restore_masked")
+    if use_triton(chosen, "restore_masked", tokens.device, (tokens, mask_token, pos_embed)):
+        check_unique_rows(ids_restore, "ids_restore", "restore_masked")
+        from . import triton_restore  # first use: TRITON_INTERPRET is read when kernels are defined
+        return triton_restore.restore_masked(tokens, ids_restore, mask_token, pos_embed)
     return reference.restore_masked(tokens, ids_restore, mask_token, pos_embed)
