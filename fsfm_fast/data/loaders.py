@@ -1,0 +1,215 @@
+"""The training batch iterator for any mix of data folders: ``build_loader`` / ``build_train_data``.
+
+A ``--data_path`` is either a reference-layout folder (``images/`` + ``parsing_maps/``) or a shard folder
+(``dataset.json``, from ``python -m fsfm_fast.data.make_shards``). Loaders:
+
+- ``dali``: DALI over shard folders (``fsfm_fast.data.dali``); GPU decode on CUDA, CPU pipeline otherwise.
+- ``torch``: a DataLoader over the folders and/or shards with ``EpochSampler`` (exact mid-epoch resume,
+  the same batches whatever the worker count). On CUDA, JPEG shards are read raw by the workers and
+  decoded on the GPU with nvJPEG (``DeviceDecoder``); otherwise the workers decode with PIL.
+- ``auto``: ``dali`` when every path is a shard folder and DALI imports; else ``torch``.
+
+Every loader yields dicts ``images`` [B,3,S,S] (normalised), ``parsing`` [B,S,S] uint8, ``n_skipped``,
+``skipped``, ``skipped_paths``, and is driven as the training loop drives it: ``sampler.set_epoch(epoch,
+start_index)`` then ``iter(loader)``, sharded by (rank, world_size), seeded by ``seed``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .folder import FaceParsingFolder, collate_faces, compute_mean_std
+from .sampler import EpochSampler
+from .shards import DeviceDecoder, RawShards, ShardDataset, collate_raw, combined_mean_std, is_shard_folder
+
+LOADERS = ("auto", "dali", "torch")
+FOLDER, SHARDS = "folder", "shards"
+
+
+def detect_layout(path) -> str:
+    """``"shards"`` for a folder with dataset.json, ``"folder"`` for the reference layout."""
+    path = Path(path)
+    if is_shard_folder(path):
+        return SHARDS
+    if (path / "images").is_dir() and (path / "parsing_maps").is_dir():
+        return FOLDER
+    raise FileNotFoundError(f"{path} is neither a reference-layout dataset (images/ and parsing_maps/ inside) "
+                            "nor a shard folder (dataset.json from python -m fsfm_fast.data.make_shards)")
+
+
+def _split(paths) -> tuple[list[Path], list[Path]]:
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if not paths:
+        raise ValueError("no data path given")
+    layouts = [detect_layout(p) for p in paths]
+    return ([p for p, k in zip(paths, layouts) if k == FOLDER], [p for p, k in zip(paths, layouts) if k == SHARDS])
+
+
+class ConcatFaces(Dataset):
+    """Several face datasets as one index space, passing ``(index, epoch)`` keys through (torch's
+    ConcatDataset only takes plain indices)."""
+
+    def __init__(self, parts: list[Dataset]):
+        self.parts = parts
+        self.ends = np.cumsum([len(p) for p in parts]).tolist()
+
+    def __len__(self) -> int:
+        return self.ends[-1]
+
+    def __getitem__(self, key):
+        index, epoch = (key, 0) if not isinstance(key, (tuple, list)) else key
+        index = int(index) % len(self)
+        part = bisect.bisect_right(self.ends, index)
+        local = index - (self.ends[part - 1] if part else 0)
+        return self.parts[part][(local, epoch)]
+
+
+def face_dataset(paths, input_size: int, mean, std, augment: bool = False, seed: int = 0) -> Dataset:
+    """Per-sample access to all the paths (folders first, then shards, each in the given order)."""
+    folders, shards = _split(paths)
+    parts = []
+    if folders:
+        parts.append(FaceParsingFolder(folders, input_size, mean, std, augment=augment, seed=seed))
+    if shards:
+        parts.append(ShardDataset(shards, input_size, mean, std, augment=augment, seed=seed))
+    return parts[0] if len(parts) == 1 else ConcatFaces(parts)
+
+
+def dataset_mean_std(paths, input_size: int, max_samples: int = 0, num_workers: int = 0,
+                     seed: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel pixel mean/std in [0, 1]. Reference folders: ``compute_mean_std`` (pixels after the
+    resize to ``input_size``). Shard folders: their manifests, exact over every stored pixel, free.
+    A mix: one pass over everything, as ``compute_mean_std`` does."""
+    folders, shards = _split(paths)
+    if not shards:
+        return compute_mean_std(folders, input_size, max_samples=max_samples, num_workers=num_workers, seed=seed)
+    if not folders:
+        return combined_mean_std(shards)
+    dataset = face_dataset(folders + shards, input_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    indices = np.arange(len(dataset))
+    if 0 < max_samples < len(dataset):
+        indices = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_samples, replace=False))
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices.tolist()), batch_size=64,
+                        num_workers=num_workers, collate_fn=collate_faces)
+    total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+    for batch in loader:
+        x = batch["images"].double()
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += (x * x).sum(dim=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / max(count, 1)
+    return mean.tolist(), (total_sq / max(count, 1) - mean * mean).clamp_min(0).sqrt().tolist()
+
+
+class DeviceBatches:
+    """A DataLoader of raw batches, each finished by ``DeviceDecoder`` as it is taken."""
+
+    def __init__(self, loader: DataLoader, decoder: DeviceDecoder):
+        self.loader, self.decoder = loader, decoder
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for raw in self.loader:
+            yield self.decoder(raw)
+
+
+@dataclass
+class TrainData:
+    """What the training loop needs: ``dataset`` for per-sample access (pictures, length), the
+    ``sampler`` it positions (``set_epoch(epoch, start_index)``) and the ``loader`` it iterates."""
+    dataset: Dataset
+    sampler: object
+    loader: object
+    kind: str
+    iters_per_epoch: int
+    batch_size: int
+
+    def batches(self, epoch: int, start_batch: int = 0):
+        """The batches of ``epoch`` from batch ``start_batch`` on (a resumed run's position)."""
+        self.sampler.set_epoch(epoch, start_index=start_batch * self.batch_size)
+        return iter(self.loader)
+
+
+def _choose(loader: str, folders: list[Path], shards: list[Path]) -> str:
+    from .dali import dali_available
+
+    if loader not in LOADERS:
+        raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
+    if loader == "torch" or (loader == "auto" and (folders or not shards)):
+        return "torch"  # decided without importing DALI, which alone takes about 2 s
+    ok, why = dali_available()
+    if loader == "dali":
+        if folders:
+            raise ValueError(f"--loader dali reads shard folders only; {[str(f) for f in folders]} are "
+                             "reference-layout folders: convert them with python -m fsfm_fast.data.make_shards, "
+                             "or use --loader torch")
+        if not ok:
+            raise RuntimeError(why)
+        return "dali"
+    # DALI was the faster loader where measured (CPU, benchmarks/RESULTS.md); on a GPU it also decodes there
+    return "dali" if ok else "torch"
+
+
+def _nvjpeg_ready(dataset: Dataset, device: torch.device) -> bool:
+    """Whether the raw path applies: shards only, one image size, and a CUDA device to decode on."""
+    return (device.type == "cuda" and isinstance(dataset, ShardDataset) and len(dataset.index.image_sizes) == 1)
+
+
+def build_loader(paths, mean, std, *, input_size: int, batch_size: int, augment: bool = False, seed: int = 0,
+                 loader: str = "auto", rank: int = 0, world_size: int = 1, device="cpu", num_workers: int = 8,
+                 drop_last: bool = True, shuffle: bool = True, decode: str = "auto",
+                 dtype: torch.dtype = torch.float32) -> TrainData:
+    """The batch iterator over ``paths`` (reference folders and/or shard folders) for this rank.
+
+    ``decode`` (torch loader on shards): ``workers`` decodes with PIL in the DataLoader workers,
+    ``device`` reads raw bytes there and decodes on ``device`` (nvJPEG on CUDA), ``auto`` picks
+    ``device`` on CUDA.
+    """
+    device = torch.device(device)
+    folders, shards = _split(paths)
+    chosen = _choose(loader, folders, shards)
+    dataset = face_dataset(folders + shards, input_size, mean, std, augment=augment, seed=seed)
+    if chosen == "dali":
+        from .dali import DaliLoader
+
+        device_id = (device.index or 0) if device.type == "cuda" else None
+        dali = DaliLoader(shards, mean, std, input_size=input_size, batch_size=batch_size, augment=augment, seed=seed,
+                          rank=rank, world_size=world_size, device_id=device_id, num_threads=max(num_workers, 1),
+                          drop_last=drop_last, shuffle=shuffle, dtype=dtype)
+        where = f"GPU decode on {device}" if device.type == "cuda" else "CPU pipeline"
+        return TrainData(dataset, dali, dali, f"dali ({where}, {dali.num_threads} threads)",
+                         dali.full_batches() if drop_last else dali.epoch_batches(), batch_size)
+    sampler = EpochSampler(len(dataset), num_replicas=world_size, rank=rank, seed=seed, shuffle=shuffle,
+                           drop_last=drop_last, batch_size=batch_size if drop_last else None)
+    on_device = decode == "device" or (decode == "auto" and _nvjpeg_ready(dataset, device))
+    if on_device and not isinstance(dataset, ShardDataset):
+        warnings.warn("decode='device' needs shard folders only; decoding in the workers instead", stacklevel=2)
+        on_device = False
+    torch_loader = DataLoader(RawShards(dataset) if on_device else dataset, batch_size=batch_size, sampler=sampler,
+                              drop_last=drop_last, num_workers=num_workers,
+                              collate_fn=collate_raw if on_device else collate_faces,
+                              pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None)
+    if on_device:
+        decoder = DeviceDecoder(input_size, mean, std, device=device, dtype=dtype)
+        codec = "nvJPEG" if device.type == "cuda" else "libjpeg"
+        kind = f"torch ({codec} decode on {device}, {num_workers} reader workers)"
+        return TrainData(dataset, sampler, DeviceBatches(torch_loader, decoder), kind, len(torch_loader), batch_size)
+    what = " + ".join(n for n, p in (("reference folders", folders), ("shards", shards)) if p)
+    kind = f"torch ({what}, PIL decode in {num_workers} workers)"
+    return TrainData(dataset, sampler, torch_loader, kind, len(torch_loader), batch_size)
+
+
+def build_train_data(args, paths, mean_std, rank: int = 0, world_size: int = 1, device="cpu") -> TrainData:
+    """``build_loader`` configured from ``python -m fsfm_fast.pretrain``'s arguments."""
+    return build_loader(paths, *mean_std, input_size=args.input_size, batch_size=args.batch_size, augment=args.augment,
+                        seed=args.seed, loader=getattr(args, "loader", "auto"), rank=rank, world_size=world_size,
+                        device=device, num_workers=args.num_workers)
