@@ -129,14 +129,18 @@ def make_extension(version):
     use_cuda, reason = want_cuda()
     includes = [str(ROOT / "csrc"), str(ROOT / "kernels")]
     macros = [("FSFM_VERSION", version)]
-    cxx = ["-O3"]
+    # at::parallel_for is a header template: it only runs on torch's OpenMP threads when the
+    # extension itself is compiled and linked with -fopenmp (serial otherwise). libgomp.so.1 is
+    # the one torch already loaded, so there is still one OpenMP runtime in the process.
+    cxx = ["-O3", "-fopenmp"]
+    link = ["-fopenmp"]
     # *_cpu.cpp: torch-free twins; *_cuda.cpp: wrappers of kernels/*.cu.
     common = [s for s in sources("csrc/*.cpp") if not s.endswith("_cuda.cpp")]
     if not use_cuda:
         print(f"fsfm_fast: building CPU-only extension (CppExtension): {reason}", flush=True)
         return CppExtension(
             "fsfm_fast._C", common, include_dirs=includes, define_macros=macros,
-            extra_compile_args={"cxx": cxx},
+            extra_compile_args={"cxx": cxx}, extra_link_args=link,
         )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     print(
@@ -158,6 +162,7 @@ def make_extension(version):
             "cxx": cxx + [f for d in extra for f in ("-idirafter", d)],
             "nvcc": ["-O3", "-lineinfo"] + [f for d in extra for f in ("-isystem", d)],
         },
+        extra_link_args=link,
     )
 
 
@@ -171,8 +176,9 @@ setup(
     packages=find_packages(include=["fsfm_fast", "fsfm_fast.*"]),
     package_data={"fsfm_fast": ["**/*.json", "**/*.yaml", "**/*.txt"]},
     python_requires=">=3.10",
-    install_requires=["torch", "timm", "numpy", "pillow", "tqdm", "tensorboard", "matplotlib"],
-    extras_require={"test": ["pytest"]},
+    install_requires=["torch", "torchvision", "timm", "numpy", "pillow", "tqdm", "tensorboard", "matplotlib"],
+    # DALI is optional (Linux only, one wheel per CUDA major): without it the torch loaders serve.
+    extras_require={"test": ["pytest"], "dali": ["nvidia-dali-cuda130"]},
     ext_modules=[make_extension(VERSION)],
     cmdclass={"build_ext": BuildExtension},
     zip_safe=False,

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from . import ops
 from .checkpoint import CheckpointManager, safe_load
-from .data import EpochSampler, FaceParsingFolder, batches_per_epoch, collate_faces, compute_mean_std
+from .data import collate_faces
+from .data.loaders import LOADERS, build_train_data, dataset_mean_std, detect_layout
 from .data.synthetic import write_synthetic_dataset
 from .distributed import DistInfo, barrier, cleanup, init_distributed, mean_across
 from .models import TargetNetwork, create_online, list_models
@@ -66,8 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight_cl", default=0.1, type=float)
     g.add_argument("--cl_loss", default="SimSiam", type=str.lower, choices=["simsiam", "byol"])
     g.add_argument("--t_momentum", default=0.996, type=float, help="initial EMA momentum of the target")
-    g.add_argument("--ops", default="auto", choices=["auto", "torch"],
-                   help="op backend; 'torch' forces the plain-PyTorch reference ops")
+    g.add_argument("--ops", default="auto", choices=["auto", "torch", "triton"],
+                   help="backend of gather_visible/restore_masked/fsfm_loss: 'auto' runs the Triton "
+                        "kernels on CUDA tensors, 'torch' the plain-PyTorch reference, 'triton' insists")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch_size", default=64, type=int, help="per process")
@@ -89,7 +90,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--data_path", "--pretrain_data_path", dest="data_path", action="append", default=[],
-                   help="reference-layout root (images/ + parsing_maps/); repeat for several")
+                   help="reference-layout root (images/ + parsing_maps/) or shard folder (dataset.json from "
+                        "python -m fsfm_fast.data.make_shards); repeat for several")
+    g.add_argument("--loader", default="auto", choices=list(LOADERS),
+                   help="dali: DALI over shard folders; torch: DataLoader (nvJPEG decode on CUDA for shards); "
+                        "auto: dali when every path is a shard folder and DALI is installed, else torch")
     g.add_argument("--augment", "--apply_simple_augment", dest="augment", action="store_true",
                    help="random resized crop (0.2, 1) + flip, applied to image and parsing map alike")
     g.add_argument("--normalize_from_IMN", action="store_true", help="ImageNet mean/std instead of the data's")
@@ -164,9 +169,7 @@ def _data_roots(args: argparse.Namespace, info: DistInfo) -> list[Path]:
     if not args.demo:
         roots = [Path(p) for p in args.data_path]
         for root in roots:
-            if not (root / "images").is_dir() or not (root / "parsing_maps").is_dir():
-                raise FileNotFoundError(f"{root} is not a reference-layout dataset "
-                                        "(expected images/ and parsing_maps/ inside)")
+            detect_layout(root)  # names the path that is neither layout
         return roots
     root = Path(args.output_dir) / "synthetic_faces"
     if info.is_main:
@@ -181,7 +184,7 @@ def _mean_std(args: argparse.Namespace, roots: list[Path], info: DistInfo) -> tu
         return IMAGENET_MEAN_STD
     path = Path(args.output_dir) / MEAN_STD_FILE
     if info.is_main and not path.is_file():
-        mean, std = compute_mean_std(roots, args.input_size, max_samples=args.mean_std_samples,
+        mean, std = dataset_mean_std(roots, args.input_size, max_samples=args.mean_std_samples,
                                      num_workers=args.num_workers, seed=args.seed)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"mean": mean, "std": std}) + "\n", encoding="utf-8")
@@ -241,12 +244,10 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
-def _mask_generator(device: torch.device, seed: int, rank: int, iteration: int) -> torch.Generator:
-    # A fresh, deterministic stream per (seed, rank, iteration): masks do not depend on where a run
-    # was resumed, or on anything else that consumed random numbers before.
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + rank * 7_919 + iteration) % (2**63 - 1))
-    return g
+def _mask_stream(rank: int, iteration: int) -> int:
+    """The counter offset of an iteration's masks: with the run's seed it fixes them completely, so
+    a resumed run draws the same masks, and the CPU twin and the CUDA kernel draw identical ones."""
+    return (rank << 32) | iteration
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,8 +334,11 @@ class Pretrainer:
         args, info = self.args, self.info
         roots = _data_roots(args, info)
         self.mean_std = _mean_std(args, roots, info)
-        self.dataset = FaceParsingFolder(roots, args.input_size, *self.mean_std, augment=args.augment, seed=args.seed)
-        self.iters_per_epoch = batches_per_epoch(len(self.dataset), args.batch_size, info.world_size)
+        data = build_train_data(args, roots, self.mean_std, rank=info.rank, world_size=info.world_size,
+                                device=self.device)
+        # The loop positions data.sampler (set_epoch) and iterates data.loader, whichever loader it is.
+        self.dataset, self.sampler, self.loader, self.data_kind = data.dataset, data.sampler, data.loader, data.kind
+        self.iters_per_epoch = data.iters_per_epoch
         if self.iters_per_epoch < 1:
             raise ValueError(f"{len(self.dataset)} images cannot fill one batch of {args.batch_size} "
                              f"on each of {info.world_size} processes")
@@ -343,12 +347,6 @@ class Pretrainer:
         self.eff_batch = args.batch_size * args.accum_iter * info.world_size
         if args.lr is None:
             args.lr = args.blr * self.eff_batch / 256
-        self.sampler = EpochSampler(len(self.dataset), num_replicas=info.world_size, rank=info.rank,
-                                    seed=args.seed, shuffle=True, drop_last=True, batch_size=args.batch_size)
-        self.loader = DataLoader(self.dataset, batch_size=args.batch_size, sampler=self.sampler, drop_last=True,
-                                 num_workers=args.num_workers, collate_fn=collate_faces,
-                                 pin_memory=self.device.type == "cuda",
-                                 prefetch_factor=4 if args.num_workers else None)
 
     def _build_networks(self) -> None:
         args, info, device = self.args, self.info, self.device
@@ -378,7 +376,8 @@ class Pretrainer:
         precision = "fp32" if self.amp_dtype is None else str(self.amp_dtype).split(".")[-1]
         self.log.message(
             f"fsfm_fast pretrain: {args.model} at {args.input_size}px on {self.device} (x{self.info.world_size}), "
-            f"{len(self.dataset)} images, {self.iters_per_epoch} it/epoch, effective batch {self.eff_batch}, "
+            f"{len(self.dataset)} images ({self.data_kind}), {self.iters_per_epoch} it/epoch, "
+            f"effective batch {self.eff_batch}, "
             f"lr {args.lr:.3g}, precision {precision}" + (" [embedded synthetic faces]" if args.demo else ""))
         if self.info.is_main:
             (self.out_dir / "args.json").write_text(json.dumps(vars(args), indent=1, default=str), encoding="utf-8")
@@ -520,11 +519,13 @@ def _step(model, target, optimizer, scaler, batch, device, autocast, args, state
         if images.shape[0] > 0:
             img_mask, fr_mask = ops.crfrp_mask(parsing, patch_size=patch, mask_ratio=args.mask_ratio,
                                                strategy=args.mask_strategy, region=args.mask_region,
-                                               generator=_mask_generator(device, args.seed, info.rank, it))
+                                               seed=args.seed, offset=_mask_stream(info.rank, it))
             with autocast:
                 with torch.no_grad():
                     target_features = target(images)
-                out = model(images, img_mask, fr_mask, target_features=target_features)
+                # Indices outside the model: finding K needs a host sync, which would split a compiled graph.
+                ids = ops.mask_to_indices(img_mask)
+                out = model(images, img_mask, fr_mask, target_features=target_features, ids=ids)
         # Every rank must take the same branch, or DDP's backward would wait forever for a peer.
         empty, nonfinite = _any_rank_flags([out is None, out is not None and not bool(torch.isfinite(out.loss))],
                                            info, device)
@@ -603,7 +604,7 @@ def _final_pictures(args, online, dataset, device, mean_std, out_dir: Path, log:
     p = online.patch_size
     img_mask, fr_mask = ops.crfrp_mask(parsing, patch_size=p, mask_ratio=args.mask_ratio,
                                        strategy=args.mask_strategy, region="image",
-                                       generator=_mask_generator(device, args.seed + 1, 0, 0))
+                                       seed=args.seed + 1, offset=0)
     online.eval()
     pred = online(images, img_mask, fr_mask).pred.float()
     if args.norm_pix_loss:  # back from per-patch normalised space to the input's

@@ -105,7 +105,7 @@ class _NaNModel(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(1))
 
-    def forward(self, images, img_mask, fr_mask, target_features=None):
+    def forward(self, images, img_mask, fr_mask, target_features=None, ids=None):
         nan = self.w.sum() * float("nan")
         return type("Out", (), {"loss": nan, "loss_rec_all": nan, "loss_rec_sfr": nan, "loss_cl": nan})()
 
