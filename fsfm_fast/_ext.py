@@ -39,3 +39,29 @@ def unavailable_reason() -> str:
     if C is not None:
         return ""
     return f"fsfm_fast._C failed to import ({type(IMPORT_ERROR).__name__}: {IMPORT_ERROR})"
+
+
+def choose_backend(op: str, backend: str, device) -> str:
+    """Which implementation of a compiled op runs: "torch" (reference), "cpu" or "cuda".
+
+    ``backend`` is already resolved against the op's allowed names; "auto" takes the compiled
+    op for the tensor's device when this build has it, the reference otherwise. An explicit
+    backend that cannot run here is an error that says why.
+    """
+    if backend == "torch":
+        return "torch"
+    if backend == "auto":
+        if not has_extension():
+            return "torch"
+        if device.type == "cuda":
+            return "cuda" if cuda_built() else "torch"
+        return "cpu" if device.type in ("cpu", "meta") else "torch"
+    if not has_extension():
+        raise RuntimeError(f"{op}: backend {backend!r} needs the compiled extension, but {unavailable_reason()}")
+    if backend == "cuda" and not cuda_built():
+        raise RuntimeError(f"{op}: backend 'cuda' is unavailable: fsfm_fast._C was "
+                           "built without CUDA (no nvcc at build time, or FSFM_FORCE_CPU=1)")
+    if device.type != backend:
+        raise RuntimeError(f"{op}: backend {backend!r} needs parsing on a "
+                           f"{backend.upper()} device, got parsing on {device}")
+    return backend

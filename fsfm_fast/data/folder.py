@@ -107,16 +107,8 @@ class FaceParsingFolder(Dataset):
     """
 
     def __init__(self, roots, input_size: int, mean, std, augment: bool = False, seed: int = 0):
-        if int(input_size) != input_size or input_size < 1:
-            raise ValueError(f"input_size must be a positive integer, got {input_size}")
+        self._set_transform(input_size, mean, std, augment, seed)
         self.roots = _as_roots(roots)
-        self.input_size = int(input_size)
-        self.mean = np.asarray(_check_values(mean, "mean"), np.float32)
-        self.std = np.asarray(_check_values(std, "std"), np.float32)
-        if (self.std <= 0).any():
-            raise ValueError(f"std must be positive, got {self.std.tolist()}")
-        self.augment = bool(augment)
-        self.seed = int(seed)
         self.samples, missing = _scan(self.roots)
         self.missing_maps = len(missing)
         if missing:
@@ -125,6 +117,18 @@ class FaceParsingFolder(Dataset):
         if not self.samples:
             raise ValueError(f"no image with a parsing map under {[str(r) for r in self.roots]}")
 
+
+    def _set_transform(self, input_size, mean, std, augment: bool, seed: int) -> None:
+        """Validates and stores what every sample's transform needs (shared with the shard reader)."""
+        if int(input_size) != input_size or input_size < 1:
+            raise ValueError(f"input_size must be a positive integer, got {input_size}")
+        self.input_size = int(input_size)
+        self.mean = np.asarray(_check_values(mean, "mean"), np.float32)
+        self.std = np.asarray(_check_values(std, "std"), np.float32)
+        if (self.std <= 0).any():
+            raise ValueError(f"std must be positive, got {self.std.tolist()}")
+        self.augment = bool(augment)
+        self.seed = int(seed)
     def __len__(self) -> int:
         return len(self.samples)
 

@@ -168,17 +168,9 @@ class ShardDataset(FaceParsingFolder):
 
     def __init__(self, roots, input_size: int, mean, std, augment: bool = False, seed: int = 0):
         # The folder scan of FaceParsingFolder.__init__ does not apply; the fields its methods use are set here.
-        if int(input_size) != input_size or input_size < 1:
-            raise ValueError(f"input_size must be a positive integer, got {input_size}")
+        self._set_transform(input_size, mean, std, augment, seed)
         self.index = ShardIndex(roots)
         self.roots = self.index.roots
-        self.input_size = int(input_size)
-        self.mean = np.asarray(_check_values(mean, "mean"), np.float32)
-        self.std = np.asarray(_check_values(std, "std"), np.float32)
-        if (self.std <= 0).any():
-            raise ValueError(f"std must be positive, got {self.std.tolist()}")
-        self.augment = bool(augment)
-        self.seed = int(seed)
         self.missing_maps = 0
         self._fds: dict[int, int] = {}
 

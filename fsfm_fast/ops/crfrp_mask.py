@@ -111,27 +111,6 @@ def _reference_generator(seed: int, offset: int, device: torch.device) -> torch.
     return g
 
 
-def _choose_backend(backend: str, device: torch.device) -> str:
-    if backend == "torch":
-        return "torch"
-    if backend == "auto":
-        if not _ext.has_extension():
-            return "torch"
-        if device.type == "cuda":
-            return "cuda" if _ext.cuda_built() else "torch"
-        return "cpu" if device.type in ("cpu", "meta") else "torch"
-    if not _ext.has_extension():
-        raise RuntimeError(f"crfrp_mask: backend {backend!r} needs the compiled extension, "
-                           f"but {_ext.unavailable_reason()}")
-    if backend == "cuda" and not _ext.cuda_built():
-        raise RuntimeError("crfrp_mask: backend 'cuda' is unavailable: fsfm_fast._C was "
-                           "built without CUDA (no nvcc at build time, or FSFM_FORCE_CPU=1)")
-    if device.type != backend:
-        raise RuntimeError(f"crfrp_mask: backend {backend!r} needs parsing on a "
-                           f"{backend.upper()} device, got parsing on {device}")
-    return backend
-
-
 def _region_tensor(region_index, batch: int, device: torch.device) -> Optional[torch.Tensor]:
     if region_index is None:
         return None
@@ -166,7 +145,8 @@ def crfrp_mask(parsing: torch.Tensor, patch_size: int = 16, mask_ratio: float = 
         raise ValueError(f"region must be one of {reference.REGION_MODES}, got {region!r}")
     _check_generator(generator, parsing.device)
     _check_seed(seed, offset, generator)
-    chosen = _choose_backend(resolve_backend(backend, _BACKENDS, "crfrp_mask"), parsing.device)
+    chosen = _ext.choose_backend("crfrp_mask", resolve_backend(backend, _BACKENDS, "crfrp_mask"),
+                                 parsing.device)
     _check_region_index(region_index, parsing.shape[0], check_values=chosen == "torch")
     if chosen == "torch":
         check_parsing(parsing, patch_size)

@@ -22,7 +22,7 @@ def region_presence(parsing: torch.Tensor, patch_size: int, backend: str = "auto
     occurs in the patch; patches in row-major order."""
     check_tensor(parsing, "parsing", ndim=3, dtypes=(torch.uint8,))
     check_patch_size(patch_size, parsing.shape[1], parsing.shape[2], "parsing")
-    chosen = _choose_backend(resolve_backend(backend, _BACKENDS, "region_presence"),
+    chosen = _ext.choose_backend("region_presence", resolve_backend(backend, _BACKENDS, "region_presence"),
                              parsing.device)
     if chosen == "torch":
         check_parsing(parsing, patch_size)
@@ -30,27 +30,6 @@ def region_presence(parsing: torch.Tensor, patch_size: int, backend: str = "auto
     # The compiled op checks the label range itself, in the same pass (CPU) or
     # with one reduction before its launch (CUDA).
     return torch.ops.fsfm_fast.region_presence(parsing, patch_size)
-
-
-def _choose_backend(backend: str, device: torch.device) -> str:
-    if backend == "torch":
-        return "torch"
-    if backend == "auto":
-        if not _ext.has_extension():
-            return "torch"
-        if device.type == "cuda":
-            return "cuda" if _ext.cuda_built() else "torch"
-        return "cpu" if device.type in ("cpu", "meta") else "torch"
-    if not _ext.has_extension():
-        raise RuntimeError(f"region_presence: backend {backend!r} needs the compiled extension, "
-                           f"but {_ext.unavailable_reason()}")
-    if backend == "cuda" and not _ext.cuda_built():
-        raise RuntimeError("region_presence: backend 'cuda' is unavailable: fsfm_fast._C was "
-                           "built without CUDA (no nvcc at build time, or FSFM_FORCE_CPU=1)")
-    if device.type != backend:
-        raise RuntimeError(f"region_presence: backend {backend!r} needs parsing on a "
-                           f"{backend.upper()} device, got parsing on {device}")
-    return backend
 
 
 def _region_presence_fake(parsing: torch.Tensor, patch_size: int) -> torch.Tensor:
