@@ -47,3 +47,14 @@ def hair_map(size: int = 224) -> np.ndarray:
     out[_ellipse(yy, xx, 0.55, 0.5, 0.12, 0.09)] = 1
     out[_ellipse(yy, xx, 0.52, 0.46, 0.01, 0.02)] = 4
     return out
+
+
+def interior(labels: np.ndarray, r: int = 2) -> np.ndarray:
+    """Pixels whose (2r+1)^2 neighbourhood holds one label: resampling cannot disagree there."""
+    h, w = labels.shape
+    pad = np.pad(labels, r, mode="edge")
+    same = np.ones_like(labels, bool)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            same &= pad[dy:dy + h, dx:dx + w] == labels
+    return same

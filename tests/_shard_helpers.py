@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from _maps import interior
 from fsfm_fast.data import make_shards, render_face
 
 # one colour per label, far apart, so a pixel's colour tells which label the image shows there
@@ -35,17 +36,6 @@ def colour_labels(rgb: np.ndarray) -> np.ndarray:
     """[H,W] label whose palette colour is nearest to each pixel of an [H,W,3] image in 0..255."""
     d = ((rgb[:, :, None, :].astype(np.float32) - PALETTE[None, None].astype(np.float32)) ** 2).sum(-1)
     return np.argmin(d, -1)
-
-
-def interior(labels: np.ndarray, r: int = 2) -> np.ndarray:
-    """Pixels whose (2r+1)^2 neighbourhood holds one label: resampling cannot disagree there."""
-    h, w = labels.shape
-    pad = np.pad(labels, r, mode="edge")
-    same = np.ones_like(labels, bool)
-    for dy in range(2 * r + 1):
-        for dx in range(2 * r + 1):
-            same &= pad[dy:dy + h, dx:dx + w] == labels
-    return same
 
 
 def _mirrored(shown: np.ndarray) -> bool | None:

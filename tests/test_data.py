@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
+from _maps import interior
 from fsfm_fast.data import (FLIP_LABELS, EpochSampler, FaceParsingFolder, augment_params, batches_per_epoch,
                             collate_faces, compute_mean_std, render_face, synthetic, write_synthetic_dataset)
 
@@ -218,18 +219,6 @@ def palette_root(tmp_path_factory) -> Path:
     return root
 
 
-def _interior(labels: np.ndarray, r: int = 2) -> np.ndarray:
-    """Pixels whose (2r+1)^2 neighbourhood holds one label: far enough from any edge that resampling
-    cannot disagree there."""
-    h, w = labels.shape
-    pad = np.pad(labels, r, mode="edge")
-    same = np.ones_like(labels, bool)
-    for dy in range(2 * r + 1):
-        for dx in range(2 * r + 1):
-            same &= pad[dy:dy + h, dx:dx + w] == labels
-    return same
-
-
 def test_augmentation_moves_image_and_map_together(palette_root):
     ds = FaceParsingFolder(palette_root, 96, (0, 0, 0), (1, 1, 1), augment=True, seed=3)
     flips, boxes = set(), set()
@@ -243,7 +232,7 @@ def test_augmentation_moves_image_and_map_together(palette_root):
             rgb = item["image"].numpy().transpose(1, 2, 0) * 255.0
             colour_label = np.argmin(((rgb[:, :, None, :] - PALETTE[None, None].astype(np.float32)) ** 2).sum(-1), -1)
             labels = item["parsing"].numpy()
-            inside = _interior(labels)
+            inside = interior(labels)
             assert inside.mean() > 0.5
             # the image shows the source labels mirrored; the map carries them swapped when flipped
             expected = FLIP_LABELS[labels] if flip else labels

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from _no_extension import BLOCK_EXTENSION
 from fsfm_fast import _ext
 from fsfm_fast.ops import reference
 from fsfm_fast.ops import region_presence
@@ -204,13 +205,8 @@ def test_env_var_rejects_unknown_backend(monkeypatch):
 
 
 def test_import_without_extension_warns_once():
-    code = r"""
-import sys, warnings
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "fsfm_fast._C":
-            raise ImportError("blocked by the test")
-sys.meta_path.insert(0, Block())
+    code = BLOCK_EXTENSION + r"""
+import warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import torch

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _no_extension import BLOCK_EXTENSION
 from fsfm_fast import pretrain
 from fsfm_fast.checkpoint import CheckpointManager, safe_load, save_atomic
 from fsfm_fast.data.synthetic import write_synthetic_dataset
@@ -160,13 +161,8 @@ def test_two_process_gloo_ddp(faces, tmp_path):
 
 def test_trains_without_the_compiled_extension(faces, tmp_path):
     """A failed or missing build must still train, on the reference ops, after one warning."""
-    code = f"""
-import sys, warnings
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "fsfm_fast._C":
-            raise ImportError("blocked by the test")
-sys.meta_path.insert(0, Block())
+    code = BLOCK_EXTENSION + f"""
+import warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     from fsfm_fast import pretrain

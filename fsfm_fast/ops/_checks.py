@@ -85,6 +85,18 @@ def check_parsing(parsing, patch_size, num_labels: int = 11) -> None:
                              f"found max label {top}")
 
 
+def fake_patch_grid(parsing, patch_size: int) -> tuple[int, int]:
+    """(batch, patches per image) of a compiled op's parsing input, as torch._check rules that a
+    FakeTensor / torch.compile trace can follow (the compiled ops enforce the same at run time)."""
+    torch._check(parsing.dim() == 3, lambda: "parsing must be a 3-D [B, H, W] tensor")
+    torch._check(parsing.dtype == torch.uint8, lambda: "parsing must have dtype uint8")
+    torch._check(patch_size > 0, lambda: "patch_size must be positive")
+    batch, height, width = parsing.shape
+    torch._check(height % patch_size == 0, lambda: "parsing height must be divisible by patch_size")
+    torch._check(width % patch_size == 0, lambda: "parsing width must be divisible by patch_size")
+    return batch, (height // patch_size) * (width // patch_size)
+
+
 def check_mask_ratio(mask_ratio) -> None:
     if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) \
             or not 0.0 < float(mask_ratio) < 1.0:

@@ -16,7 +16,7 @@ import torch
 from .. import _ext
 from . import reference
 from ._checks import (check_mask_ratio, check_parsing, check_patch_size, check_tensor,
-                      resolve_backend)
+                      fake_patch_grid, resolve_backend)
 
 _BACKENDS = ("cpu", "cuda", "torch")
 _OP_NAME = "fsfm_fast::crfrp_mask"
@@ -170,15 +170,7 @@ def crfrp_mask(parsing: torch.Tensor, patch_size: int = 16, mask_ratio: float = 
 
 def _crfrp_mask_fake(parsing, patch_size, mask_ratio, strategy, region, region_index, seed,
                      offset):
-    # Shape rules of the compiled op, for FakeTensor / torch.compile tracing.
-    torch._check(parsing.dim() == 3, lambda: "parsing must be a 3-D [B, H, W] tensor")
-    torch._check(parsing.dtype == torch.uint8, lambda: "parsing must have dtype uint8")
-    torch._check(patch_size > 0, lambda: "patch_size must be positive")
-    batch, height, width = parsing.shape
-    torch._check(height % patch_size == 0,
-                 lambda: "parsing height must be divisible by patch_size")
-    torch._check(width % patch_size == 0, lambda: "parsing width must be divisible by patch_size")
-    shape = (batch, (height // patch_size) * (width // patch_size))
+    shape = fake_patch_grid(parsing, patch_size)
     return (parsing.new_empty(shape, dtype=torch.bool),
             parsing.new_empty(shape, dtype=torch.bool))
 

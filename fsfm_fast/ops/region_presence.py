@@ -11,7 +11,7 @@ import torch
 
 from .. import _ext
 from . import reference
-from ._checks import check_parsing, check_patch_size, check_tensor, resolve_backend
+from ._checks import check_parsing, check_patch_size, check_tensor, fake_patch_grid, resolve_backend
 
 _BACKENDS = ("cpu", "cuda", "torch")
 _OP_NAME = "fsfm_fast::region_presence"
@@ -33,17 +33,7 @@ def region_presence(parsing: torch.Tensor, patch_size: int, backend: str = "auto
 
 
 def _region_presence_fake(parsing: torch.Tensor, patch_size: int) -> torch.Tensor:
-    # Shape rules of the compiled op, for FakeTensor / torch.compile tracing.
-    torch._check(parsing.dim() == 3, lambda: "parsing must be a 3-D [B, H, W] tensor")
-    torch._check(parsing.dtype == torch.uint8, lambda: "parsing must have dtype uint8")
-    torch._check(patch_size > 0, lambda: "patch_size must be positive")
-    batch, height, width = parsing.shape
-    torch._check(height % patch_size == 0,
-                 lambda: "parsing height must be divisible by patch_size")
-    torch._check(width % patch_size == 0,
-                 lambda: "parsing width must be divisible by patch_size")
-    return parsing.new_empty((batch, (height // patch_size) * (width // patch_size)),
-                             dtype=torch.int16)
+    return parsing.new_empty(fake_patch_grid(parsing, patch_size), dtype=torch.int16)
 
 
 if _ext.has_extension():

@@ -7,6 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "cuda_test_util.h"
 #include "crfrp_cases.h"
 #include "fsfm_cpu.h"
 #include "fsfm_kernels.h"
@@ -17,18 +18,6 @@ using fsfm_test::Masks;
 namespace crfrp = fsfm::crfrp;
 
 namespace {
-
-constexpr int kSkip = 77;
-
-#define FSFM_CUDA_OK(expr)                                                  \
-  do {                                                                      \
-    const cudaError_t err_ = (expr);                                        \
-    if (err_ != cudaSuccess) {                                              \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,    \
-                   cudaGetErrorString(err_));                               \
-      std::exit(1);                                                         \
-    }                                                                       \
-  } while (0)
 
 template <class T>
 T* device_copy(const std::vector<T>& host, size_t extra_bytes = 0) {
@@ -91,11 +80,7 @@ void rejects_invalid_launch() {
 }  // namespace
 
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("crfrp_mask_cuda: no CUDA device, skipped\n");
-    return kSkip;
-  }
+  if (!fsfm_test::cuda_device_present("crfrp_mask_cuda")) return fsfm_test::kSkip;
   for (const Case& c : fsfm_test::mask_cases())
     for (const Config& cfg : fsfm_test::sweep_configs(c)) compare(c, cfg, 0);
   const Case faces = fsfm_test::face_case("faces 224/16", 8, 224, 224, 16, 51);

@@ -7,6 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "cuda_test_util.h"
 #include "fsfm_cpu.h"
 #include "fsfm_kernels.h"
 #include "presence_cases.h"
@@ -14,18 +15,6 @@
 using fsfm_test::Case;
 
 namespace {
-
-constexpr int kSkip = 77;
-
-#define FSFM_CUDA_OK(expr)                                                  \
-  do {                                                                      \
-    const cudaError_t err_ = (expr);                                        \
-    if (err_ != cudaSuccess) {                                              \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,    \
-                   cudaGetErrorString(err_));                               \
-      std::exit(1);                                                         \
-    }                                                                       \
-  } while (0)
 
 // Runs the kernel with the map `offset` bytes into a device buffer (cudaMalloc
 // is 256-byte aligned), so every load width is exercised.
@@ -59,11 +48,7 @@ std::vector<std::int16_t> cpu(const Case& c) {
 }  // namespace
 
 int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("region_presence_cuda: no CUDA device, skipped\n");
-    return kSkip;
-  }
+  if (!fsfm_test::cuda_device_present("region_presence_cuda")) return fsfm_test::kSkip;
   for (const Case& c : fsfm_test::hand_cases())
     for (int offset : {0, 1, 2, 4, 8})
       fsfm_test::same(run(c, offset), c.expected, c.name + " offset " + std::to_string(offset));
