@@ -1,31 +1,65 @@
-"""Checkpoint files: written atomically, read without unpickling arbitrary objects."""
+"""Checkpoint files: written atomically, read without unpickling arbitrary objects, errors that say
+what and where. Every training verb (pretrain, finetune) saves and resumes through this module."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import pickle
 import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .cli import UsageError, describe_os_error
+
 # The reference release pickles its argparse.Namespace next to the weights; that is the only
 # non-tensor class its checkpoints need, so it is the only one we allow the unpickler to build.
 _SAFE_GLOBALS = [argparse.Namespace]
+TEMP_SUFFIX = ".tmp"
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be read or does not fit the run: one line naming the file."""
+
+
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    if path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    text = str(exc)
+    if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
+        if not zipfile.is_zipfile(path):
+            return "not a valid checkpoint (not a PyTorch file, or truncated)"
+        # The message names the global torch refused; keep that, drop torch's advice to lift the check.
+        for line in text.splitlines():
+            if "GLOBAL" in line or "Unsupported global" in line or "Unsupported operand" in line:
+                return ("it holds objects other than tensors and plain containers, which are not loaded "
+                        f"for safety ({line.strip()})")
+        return "not a valid checkpoint (refused by the safe loader)"
+    if isinstance(exc, (RuntimeError, EOFError, zipfile.BadZipFile)):
+        return "not a valid checkpoint (truncated or corrupt)"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; fail with the file name on anything else."""
+    """Load a checkpoint with ``weights_only=True``; any failure is a CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt file or a disallowed global: say which file
-        raise RuntimeError(f"cannot load checkpoint {path}: {exc}") from exc
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {describe_os_error(exc, path)}") from None
+    except Exception as exc:  # noqa: BLE001  (whatever torch raised, the user needs the file and a reason)
+        raise CheckpointError(f"cannot load checkpoint {path}: {_why_unreadable(path, exc)}") from None
     if not isinstance(obj, dict):
-        raise RuntimeError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
 
 
@@ -33,19 +67,24 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` so that ``path`` holds either the old file or the complete new one, never half.
 
     The bytes go to a temporary file in the same directory (same filesystem, so the final rename is
-    atomic), are flushed to disk, and only then replace ``path``.
+    atomic), are flushed to disk, and only then replace ``path``. A full disk or a read-only folder is
+    a UsageError naming the file; the temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            raise UsageError(f"cannot write checkpoint {describe_os_error(exc, path)}") from None
         raise
     _fsync_dir(path.parent)
     return path
@@ -66,15 +105,14 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class CheckpointManager:
-    """Numbered checkpoints ``checkpoint-<step>.pth`` in one directory, keeping the newest ``keep_last``."""
+    """Numbered checkpoints ``<prefix><step>.pth`` in one directory, keeping the newest ``keep_last``."""
 
-    prefix = "checkpoint-"
-
-    def __init__(self, directory: str | os.PathLike, keep_last: int = 3):
+    def __init__(self, directory: str | os.PathLike, keep_last: int = 3, prefix: str = "checkpoint-"):
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.directory = Path(directory)
         self.keep_last = keep_last
+        self.prefix = prefix
 
     def path_for(self, step: int) -> Path:
         return self.directory / f"{self.prefix}{step:08d}.pth"
@@ -96,3 +134,69 @@ class CheckpointManager:
         for _, old in self.list()[:-self.keep_last]:
             old.unlink(missing_ok=True)
         return path
+
+    def remove_stale_temps(self, older_than_s: float = 0.0) -> list[Path]:
+        """Delete temporary files left by a save that was killed (``kill -9``, power loss).
+
+        Called at start, when no save of this run is in flight; ``older_than_s`` spares the files of a
+        concurrent writer on shared storage when a caller cannot rule one out.
+        """
+        removed = []
+        now = time.time()
+        for p in self.directory.glob(f".{self.prefix}*{TEMP_SUFFIX}"):
+            try:
+                if now - p.stat().st_mtime >= older_than_s:
+                    p.unlink()
+                    removed.append(p)
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def load_latest_valid(self, warn: Callable[[str], None] | None = None) -> tuple[Path, dict] | None:
+        """The newest checkpoint that loads, with its contents; each unreadable newer one is reported
+        through ``warn`` (default: ``warnings.warn``) and passed over, never deleted."""
+        warn = warn or (lambda text: warnings.warn(text, RuntimeWarning, stacklevel=3))
+        for _, path in reversed(self.list()):
+            try:
+                return path, safe_load(path)
+            except CheckpointError as exc:
+                warn(f"--resume auto: skipping {path}: {exc}; trying an older checkpoint")
+        return None
+
+
+def rng_state() -> dict:
+    """The global torch RNG streams, for an exact resume."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def plain_args(args: argparse.Namespace) -> dict:
+    """The flags of a run as plain values, safe to store in a weights-only checkpoint."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+
+
+def check_same_run(ckpt: dict, path: str | os.PathLike, args: argparse.Namespace, keys: tuple[str, ...]) -> None:
+    """Refuse a checkpoint saved with other values of ``keys`` (model, input size, ...) than this run's,
+    in one line, instead of a page of state_dict size mismatches."""
+    saved = ckpt.get("args") or {}
+    differ = [k for k in keys if k in saved and saved[k] != getattr(args, k, None)]
+    if differ:
+        was = ", ".join(f"{k}={saved[k]!r}" for k in differ)
+        now = ", ".join(f"{k}={getattr(args, k, None)!r}" for k in differ)
+        raise CheckpointError(f"checkpoint {path} was saved with {was}; this run asks for {now}")
+
+
+def load_state_dict_strict(module: torch.nn.Module, state: dict, path: str | os.PathLike, what: str) -> None:
+    """``load_state_dict(strict=True)`` whose failure is one line naming the file and the first keys."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:4]) + (f"; and {len(lines) - 4} more" if len(lines) > 4 else "")
+        raise CheckpointError(f"checkpoint {path}: its {what} weights do not fit this network ({detail})") from None

@@ -43,13 +43,13 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True only when ``flag`` holds on every rank, so all ranks take the same branch."""
+def any_rank_flags(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
+    """Each flag OR-ed over all ranks, in one collective, so every rank takes the same branch."""
     if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device, dtype=torch.int32)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v > 0) for v in t.tolist()]
 
 
 def mean_across(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
@@ -58,6 +58,26 @@ def mean_across(values: list[float], info: DistInfo, device: torch.device) -> li
     t = torch.tensor(values, device=device, dtype=torch.float64)
     dist.all_reduce(t)
     return (t / info.world_size).tolist()
+
+
+def gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """All ranks' ``rows`` (any first-dim length, same trailing shape and dtype), concatenated in rank order.
+
+    Every rank gets the result. The per-rank lengths are exchanged first, so ragged shares (a sampler
+    that does not pad) come back whole, and padding that a caller marked can be dropped by the caller.
+    """
+    if not info.enabled:
+        return rows
+    n = torch.tensor([rows.shape[0]], device=rows.device, dtype=torch.int64)
+    sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s.item()) for s in sizes]
+    longest = max(sizes)
+    padded = rows.new_zeros((longest, *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
 
 def cleanup(info: DistInfo) -> None:

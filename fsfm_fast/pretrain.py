@@ -10,25 +10,27 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import ops
-from .checkpoint import CheckpointManager, safe_load
+from . import cli
+from .checkpoint import (CheckpointError, CheckpointManager, check_same_run, load_state_dict_strict,
+                         plain_args, restore_rng, rng_state, safe_load)
 from .data import collate_faces
 from .data.loaders import LOADERS, build_train_data, dataset_mean_std, detect_layout
 from .data.synthetic import write_synthetic_dataset
-from .distributed import DistInfo, barrier, cleanup, init_distributed, mean_across
+from .distributed import DistInfo, any_rank_flags, barrier, cleanup, init_distributed, mean_across
 from .models import TargetNetwork, create_online, list_models
 from .run_log import RunLog
 from .schedules import cosine_lr, ema_momentum
+from .signals import StopSignal
 
 MEAN_STD_FILE = "pretrain_ds_mean_std.txt"
 IMAGENET_MEAN_STD = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -212,28 +214,6 @@ def _optimizer(model: torch.nn.Module, args: argparse.Namespace, device: torch.d
         return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), foreach=True)
 
 
-class StopSignal:
-    """Turns SIGTERM/SIGINT into a request to checkpoint and exit at the next safe point."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C means now
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 @dataclass
 class TrainState:
     """Everything besides the weights that a resumed run needs to continue exactly."""
@@ -241,7 +221,6 @@ class TrainState:
     nonfinite_total: int = 0
     nonfinite_in_a_row: int = 0
     skipped_images: int = 0
-    history: list = field(default_factory=list)
 
 
 def _mask_stream(rank: int, iteration: int) -> int:
@@ -266,31 +245,35 @@ def _checkpoint(online, target, optimizer, scaler, state: TrainState, args, mean
                         "nonfinite_in_a_row": state.nonfinite_in_a_row,
                         "skipped_images": state.skipped_images},
         "mean_std": {"mean": list(mean_std[0]), "std": list(mean_std[1])},
-        "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "args": plain_args(args),
+        "rng": rng_state(),
     }
 
 
-def _resume(path: str, manager: CheckpointManager, online, target, optimizer, scaler, log: RunLog) -> TrainState:
+# What a checkpoint must agree on with the run that resumes it (anything else may change on resume).
+SAME_RUN_KEYS = ("model", "input_size")
+
+
+def _resume(path: str, manager: CheckpointManager, online, target, optimizer, scaler, log: RunLog,
+            args) -> TrainState:
     if path == "auto":
-        latest = manager.latest()
-        if latest is None:
-            log.message(f"--resume auto: no checkpoint in {manager.directory}, starting fresh")
+        found = manager.load_latest_valid(warn=log.message)
+        if found is None:
+            log.message(f"--resume auto: no usable checkpoint in {manager.directory}, starting fresh")
             return TrainState()
-        path = str(latest)
-    ckpt = safe_load(path)
+        path, ckpt = found
+    else:
+        ckpt = safe_load(path)
     for key in ("model", "target", "optimizer", "iteration"):
         if key not in ckpt:
-            raise KeyError(f"{path} is not a fsfm_fast pretraining checkpoint (no '{key}')")
-    online.load_state_dict(ckpt["model"], strict=True)
-    target.load_state_dict(ckpt["target"], strict=True)
+            raise CheckpointError(f"{path} is not a fsfm_fast pretraining checkpoint (no '{key}')")
+    check_same_run(ckpt, path, args, SAME_RUN_KEYS)
+    load_state_dict_strict(online, ckpt["model"], path, "online")
+    load_state_dict_strict(target, ckpt["target"], path, "target")
     optimizer.load_state_dict(ckpt["optimizer"])
     if "scaler" in ckpt and ckpt["scaler"]:
         scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    restore_rng(ckpt["rng"])
     extra = ckpt.get("train_state", {})
     log.message(f"resumed from {path} at iteration {ckpt['iteration']}")
     return TrainState(iteration=int(ckpt["iteration"]), **{k: int(v) for k, v in extra.items()})
@@ -323,11 +306,15 @@ class Pretrainer:
         self._build_data()
         self._build_networks()
         self.manager = CheckpointManager(self.out_dir, keep_last=args.keep_last)
+        if info.is_main:
+            for stale in self.manager.remove_stale_temps():
+                print(f"removed {stale.name}, left by an interrupted save")
         self.log = RunLog(args.log_dir or self.out_dir, enabled=info.is_main, total=self.stop_iter)
         self.state = TrainState()
         if args.resume:
             self.state = _resume(args.resume, self.manager, self.online, self.target, self.optimizer,
-                                 self.scaler, self.log)
+                                 self.scaler, self.log, args)
+            self.log.resumed(self.state.iteration)
         self.last_saved = self.state.iteration if args.resume else -1
 
     def _build_data(self) -> None:
@@ -426,7 +413,7 @@ class Pretrainer:
             if at_boundary:
                 stopped = stop.requested
                 if self.info.enabled:  # a signal to one rank stops them all together
-                    stopped = _any_rank_flags([stopped], self.info, self.device)[0]
+                    stopped = any_rank_flags([stopped], self.info, self.device)[0]
                 if stopped:
                     return True
                 if state.iteration % args.save_every == 0:
@@ -437,8 +424,7 @@ class Pretrainer:
         args, state = self.args, self.state
         it = state.iteration
         state.skipped_images += batch["n_skipped"]
-        for line in batch["skipped"]:
-            self.log.message(f"skipped unreadable sample: {line}")
+        self.log.skipped(it, batch["skipped"])
         if it % args.accum_iter == 0:
             lr = cosine_lr(it, base_lr=args.lr, min_lr=args.min_lr,
                            warmup_iters=args.warmup_epochs * self.iters_per_epoch, total_iters=self.total_iters)
@@ -527,7 +513,7 @@ def _step(model, target, optimizer, scaler, batch, device, autocast, args, state
                 ids = ops.mask_to_indices(img_mask)
                 out = model(images, img_mask, fr_mask, target_features=target_features, ids=ids)
         # Every rank must take the same branch, or DDP's backward would wait forever for a peer.
-        empty, nonfinite = _any_rank_flags([out is None, out is not None and not bool(torch.isfinite(out.loss))],
+        empty, nonfinite = any_rank_flags([out is None, out is not None and not bool(torch.isfinite(out.loss))],
                                            info, device)
         if empty:
             if last_micro:
@@ -564,15 +550,6 @@ def _optimizer_step(optimizer, scaler, args) -> float | None:
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
-
-
-def _any_rank_flags(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
-    """Each flag OR-ed over all ranks, in one collective."""
-    if not info.enabled:
-        return list(flags)
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return [bool(v > 0) for v in t.tolist()]
 
 
 def _skip(optimizer, state: TrainState, args, last_micro: bool) -> None:
@@ -622,4 +599,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "fsfm_fast.pretrain"))

@@ -14,12 +14,16 @@ class RunLog:
     """Appends one JSON object per record to ``log.jsonl`` and mirrors numbers to TensorBoard.
 
     Only the main process writes; the other ranks get an inert instance so the loop needs no branches.
+    Samples that could not be read go to ``skipped.tsv`` (step, name, reason), one line each.
+    A resumed run calls ``resumed(step)``: rows of the interrupted run past that step are dropped, so
+    each step keeps one row (the redone one).
     """
 
     def __init__(self, output_dir: str | Path, *, enabled: bool, tensorboard: bool = True,
                  total: int = 0, initial: int = 0):
         self.enabled = enabled
         self.path = Path(output_dir) / "log.jsonl"
+        self.skipped_path = Path(output_dir) / "skipped.tsv"
         self._tb = None
         self._bar = None
         if not enabled:
@@ -44,6 +48,23 @@ class RunLog:
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
 
+    def resumed(self, step: int) -> None:
+        if self.enabled:
+            drop_rows_after(self.path, step)
+
+    def skipped(self, step: int, samples: list[tuple[str, str]]) -> None:
+        """Name each unreadable sample of a batch, ``(path, reason)``, in skipped.tsv and on screen."""
+        if not self.enabled or not samples:
+            return
+        new = not self.skipped_path.is_file()
+        with self.skipped_path.open("a", encoding="utf-8") as f:
+            if new:
+                f.write("step\tsample\treason\n")
+            for name, reason in samples:
+                reason = " ".join(str(reason).split()) or "unreadable"  # one line, no tabs
+                f.write(f"{step}\t{name}\t{reason}\n")
+                self.message(f"skipped unreadable sample: {name} ({reason})")
+
     def progress(self, n: int, **postfix: Any) -> None:
         if self._bar is not None:
             self._bar.update(n)
@@ -61,6 +82,26 @@ class RunLog:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Rewrite ``path`` (atomically) without the rows whose step is past ``step``."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            past = json.loads(line).get("step", 0) > step
+        except (ValueError, AttributeError):  # a line cut by a kill mid-write
+            past = True
+        if past:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(path)
 
 
 def read_log(path: str | Path, kind: str = "train") -> list[dict[str, Any]]:

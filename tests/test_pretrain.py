@@ -15,7 +15,7 @@ import torch
 
 from _no_extension import BLOCK_EXTENSION
 from fsfm_fast import pretrain
-from fsfm_fast.checkpoint import CheckpointManager, safe_load, save_atomic
+from fsfm_fast.checkpoint import CheckpointError, CheckpointManager, safe_load, save_atomic
 from fsfm_fast.data.synthetic import write_synthetic_dataset
 from fsfm_fast.run_log import read_log
 
@@ -97,7 +97,7 @@ def test_keep_last_and_corrupt_checkpoint_is_named(tmp_path):
     assert [s for s, _ in manager.list()] == [2, 3]
     bad = tmp_path / "checkpoint-00000009.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="checkpoint-00000009.pth"):
+    with pytest.raises(CheckpointError, match="checkpoint-00000009.pth.*not a valid checkpoint"):
         safe_load(bad)
 
 

@@ -179,11 +179,11 @@ def test_damaged_shard_bytes_are_skipped_by_the_reader(jpg_shards, tmp_path):
     assert ds[1]["ok"]  # PIL decodes a JPEG cut short with a warning only; libjpeg-turbo via torchvision refuses
     # the raw path finds the first at the header, the second only when the batch is decoded
     raw = collate_raw([ds.raw_item(i) for i in range(4)])
-    assert raw["n_skipped"] == 1 and len(raw["image"]) == 3 and "unreadable" in raw["skipped"][0]
+    assert raw["n_skipped"] == 1 and len(raw["image"]) == 3 and "unreadable" in raw["skipped"][0][1]
     batch = DeviceDecoder(32, ZERO, ONE)(raw)
     assert batch["images"].shape == (2, 3, 32, 32) and batch["parsing"].shape == (2, 32, 32)
     assert batch["n_skipped"] == 2 and len(batch["skipped"]) == 2
-    assert batch["skipped_paths"][1].endswith(".jpg") and "unreadable image" in batch["skipped"][1]
+    assert batch["skipped_paths"][1].endswith(".jpg") and "unreadable image" in batch["skipped"][1][1]
 
 
 def test_make_shards_resumes_and_leaves_finished_shards_alone(faces, tmp_path, monkeypatch):

@@ -202,7 +202,7 @@ def _map_problem(parsing: np.ndarray, image_size: tuple[int, int]) -> str:
 def collate_faces(samples: list[dict]) -> dict:
     """Stack the usable samples; count and name the others.
 
-    -> dict(images [B,3,S,S], parsing uint8 [B,S,S], n_skipped, skipped ["path: reason"],
+    -> dict(images [B,3,S,S], parsing uint8 [B,S,S], n_skipped, skipped [(path, reason)],
     skipped_paths [path]). B is 0 when every sample was skipped.
     """
     if not samples:
@@ -217,7 +217,7 @@ def collate_faces(samples: list[dict]) -> dict:
         images = ref["image"].new_zeros((0,) + tuple(ref["image"].shape))
         parsing = ref["parsing"].new_zeros((0,) + tuple(ref["parsing"].shape))
     return {"images": images, "parsing": parsing, "n_skipped": len(bad),
-            "skipped": [f"{x['path']}: {x['reason']}" for x in bad],
+            "skipped": [(x["path"], x["reason"]) for x in bad],
             "skipped_paths": [x["path"] for x in bad]}
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .folder import FaceParsingFolder, collate_faces, compute_mean_std
+from ..signals import ignore_stop_signals
 from .sampler import EpochSampler
 from .shards import DeviceDecoder, RawShards, ShardDataset, collate_raw, combined_mean_std, is_shard_folder
 
@@ -97,7 +98,7 @@ def dataset_mean_std(paths, input_size: int, max_samples: int = 0, num_workers: 
     if 0 < max_samples < len(dataset):
         indices = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_samples, replace=False))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices.tolist()), batch_size=64,
-                        num_workers=num_workers, collate_fn=collate_faces)
+                        num_workers=num_workers, collate_fn=collate_faces, worker_init_fn=ignore_stop_signals)
     total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
     for batch in loader:
         x = batch["images"].double()
@@ -197,7 +198,8 @@ def build_loader(paths, mean, std, *, input_size: int, batch_size: int, augment:
     torch_loader = DataLoader(RawShards(dataset) if on_device else dataset, batch_size=batch_size, sampler=sampler,
                               drop_last=drop_last, num_workers=num_workers,
                               collate_fn=collate_raw if on_device else collate_faces,
-                              pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None)
+                              pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
+                              worker_init_fn=ignore_stop_signals)
     if on_device:
         decoder = DeviceDecoder(input_size, mean, std, device=device, dtype=dtype)
         codec = "nvJPEG" if device.type == "cuda" else "libjpeg"

@@ -289,7 +289,7 @@ def collate_raw(samples: list[dict]) -> dict:
             "parsing": torch.stack([x["parsing"] for x in good]) if good else torch.zeros(0, 0, 0, dtype=torch.uint8),
             "box": torch.tensor([x["box"] for x in good], dtype=torch.float64).reshape(-1, 4),
             "flip": torch.tensor([x["flip"] for x in good], dtype=torch.bool),
-            "n_skipped": len(bad), "skipped": [f"{x['path']}: {x['reason']}" for x in bad],
+            "n_skipped": len(bad), "skipped": [(x["path"], x["reason"]) for x in bad],
             "skipped_paths": [x["path"] for x in bad]}
 
 
@@ -368,7 +368,7 @@ class DeviceDecoder:
         pixels = self._decode(raw) if raw["image"] else []
         failed = [(path, why) for path, why in zip(raw["path"], pixels) if isinstance(why, str)]
         batch = {"n_skipped": raw["n_skipped"] + len(failed),
-                 "skipped": raw["skipped"] + [f"{path}: {why}" for path, why in failed],
+                 "skipped": raw["skipped"] + list(failed),
                  "skipped_paths": raw["skipped_paths"] + [path for path, _ in failed]}
         keep = [i for i, x in enumerate(pixels) if not isinstance(x, str)]
         if not keep:

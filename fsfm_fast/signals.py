@@ -1,0 +1,45 @@
+"""Stop signals: SIGTERM/SIGINT (SLURM, ``timeout``, Ctrl-C) become a request to save and exit cleanly.
+
+A signal sent to the whole process group also reaches DataLoader workers. They ignore it
+(``ignore_stop_signals`` as their ``worker_init_fn``) and leave the decision to the main process,
+which saves at the next safe point and then shuts the workers down itself.
+"""
+from __future__ import annotations
+
+import signal
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopSignal:
+    """Context manager: while active, a stop signal sets ``requested`` instead of killing the process.
+
+    A second Ctrl-C raises KeyboardInterrupt, for a user who does not want to wait for the save.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def ignore_stop_signals(worker_id: int | None = None) -> None:
+    """``worker_init_fn`` for data workers: the main process alone decides when to stop."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
