@@ -176,7 +176,8 @@ setup(
     packages=find_packages(include=["fsfm_fast", "fsfm_fast.*"]),
     package_data={"fsfm_fast": ["**/*.json", "**/*.yaml", "**/*.txt"]},
     python_requires=">=3.10",
-    install_requires=["torch", "torchvision", "timm", "numpy", "pillow", "tqdm", "tensorboard", "matplotlib"],
+    install_requires=["torch", "torchvision", "timm", "numpy", "pillow", "tqdm", "tensorboard", "matplotlib",
+                      "scikit-learn", "safetensors"],
     # DALI is optional (Linux only, one wheel per CUDA major): without it the torch loaders serve.
     extras_require={"test": ["pytest"], "dali": ["nvidia-dali-cuda130"]},
     ext_modules=[make_extension(VERSION)],

@@ -6,6 +6,7 @@ import argparse
 import errno
 import os
 import pickle
+import struct
 import tempfile
 import time
 import warnings
@@ -41,7 +42,7 @@ def _why_unreadable(path: Path, exc: Exception) -> str:
                 return ("it holds objects other than tensors and plain containers, which are not loaded "
                         f"for safety ({line.strip()})")
         return "not a valid checkpoint (refused by the safe loader)"
-    if isinstance(exc, (RuntimeError, EOFError, zipfile.BadZipFile)):
+    if isinstance(exc, (RuntimeError, EOFError, zipfile.BadZipFile, struct.error)):
         return "not a valid checkpoint (truncated or corrupt)"
     return text.splitlines()[0] if text else type(exc).__name__
 
