@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +38,16 @@ def init_distributed(device_type: str) -> DistInfo:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+@contextmanager
+def process_group(device_type: str) -> Iterator[DistInfo]:
+    """``init_distributed`` for the duration of a ``with`` block, and ``cleanup`` however it ends."""
+    info = init_distributed(device_type)
+    try:
+        yield info
+    finally:
+        cleanup(info)
 
 
 def barrier(info: DistInfo) -> None:

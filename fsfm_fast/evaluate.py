@@ -33,10 +33,10 @@ from torch.utils.data import DataLoader
 from . import cli
 from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map, samples_from
 from .devices import autocast, autocast_dtype, device_type, resolve_device
-from .distributed import DistInfo, barrier, cleanup, gather_objects, gather_rows, init_distributed
+from .distributed import DistInfo, barrier, gather_objects, gather_rows, process_group
 from .metrics import METRIC_KEYS, frame_metrics, video_metrics
 from .models.detector import DetectorConfig, load_detector
-from .signals import ignore_stop_signals
+from .signals import ignore_stop_signals, shutdown_workers
 
 TEST_SPLIT = "test"
 
@@ -81,15 +81,19 @@ def score_dataset(model: torch.nn.Module, dataset: LabelledImages, *, batch_size
                         worker_init_fn=ignore_stop_signals, generator=torch.Generator())
     num_classes = model.num_classes
     rows, skipped = [torch.zeros(0, 1 + num_classes, dtype=torch.float64, device=device)], []
-    for batch in loader:
-        skipped += batch["skipped"]
-        if batch["images"].shape[0] == 0:
-            continue
-        images = batch["images"].to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            logits = model(images)
-        index = batch["index"].to(device, non_blocking=True)
-        rows.append(torch.cat([index[:, None].double(), logits.double()], dim=1))
+    batches = iter(loader)
+    try:
+        for batch in batches:
+            skipped += batch["skipped"]
+            if batch["images"].shape[0] == 0:
+                continue
+            images = batch["images"].to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                logits = model(images)
+            index = batch["index"].to(device, non_blocking=True)
+            rows.append(torch.cat([index[:, None].double(), logits.double()], dim=1))
+    finally:
+        shutdown_workers(batches)
     table = gather_rows(torch.cat(rows), info).cpu().numpy()
     order = np.argsort(table[:, 0], kind="stable")
     table = table[order]
@@ -287,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.checkpoint).is_file():
         raise cli.UsageError(f"--checkpoint {args.checkpoint} does not exist")
     output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / "eval"
-    info = init_distributed(device_type(args.device))
-    try:
+    with process_group(device_type(args.device)) as info:
         if info.is_main:
             cli.ensure_writable_dir(output_dir)
         device = resolve_device(args.device, info)
@@ -296,8 +299,6 @@ def main(argv: list[str] | None = None) -> int:
                        device=device, amp_dtype=autocast_dtype(args.precision, device), info=info,
                        eval_resize=args.eval_resize, class_map=parse_class_map(args.class_map),
                        threshold=args.threshold)
-    finally:
-        cleanup(info)
     return 0
 
 

@@ -17,7 +17,6 @@ whole-face re-renders (``data/forgery.py``), starting from the default pretraini
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import sys
 import warnings
@@ -36,13 +35,13 @@ from torch.utils.data import DataLoader
 from . import cli
 from .checkpoint import CheckpointError, CheckpointManager, load_state_dict_strict, plain_args
 from .data.forgery import write_forgery_benchmark
-from .data.labelled import (LABEL_NAMES, LabelledImages, Sample, collate_labelled, count_labels, parse_class_map,
+from .data.labelled import (LabelledImages, Sample, collate_labelled, count_labels, parse_class_map,
                             read_split_file, samples_from)
 from .data.sampler import EpochSampler
 from .devices import autocast_dtype, device_type, resolve_device
-from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .distributed import DistInfo, barrier, process_group
 from .evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
-from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainBatches, TrainingParts, write_summary
+from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainBatches, TrainingParts, write_json
 from .metrics import SingleClassWarning, frame_metrics
 from .models import list_models
 from .models.detector import DETECTOR_FORMAT, DetectorConfig, load_pretrained_encoder
@@ -97,21 +96,22 @@ def get_args_parser():
     g.add_argument("--cls_token", dest="global_pool", action="store_false", help="classify the cls token instead")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", default=64, type=int, help="per process")
     g.add_argument("--epochs", default=10, type=int)
-    g.add_argument("--accum_iter", default=1, type=int)
+    g.add_argument("--warmup_epochs", default=5, type=float, help="linear warmup, then cosine to --min_lr")
     g.add_argument("--blr", default=2.5e-4, type=float, help="lr = blr * effective batch / 256")
     g.add_argument("--lr", default=None, type=float, help="absolute lr (overrides --blr)")
     g.add_argument("--min_lr", default=1e-6, type=float)
-    g.add_argument("--warmup_epochs", default=5, type=float)
-    g.add_argument("--layer_decay", default=0.65, type=float)
+    g.add_argument("--layer_decay", default=0.65, type=float, help="lr scale per layer from the head down")
     g.add_argument("--weight_decay", default=0.05, type=float)
+    g.add_argument("--batch_size", default=64, type=int, help="per process")
+    g.add_argument("--accum_iter", default=1, type=int, help="micro-batches per optimizer step")
     g.add_argument("--clip_grad", default=0.0, type=float, help="max grad norm; 0 disables (the reference's default)")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
     g.add_argument("--max_steps", default=0, type=int,
                    help="stop after this many iterations (schedules still span --epochs); 0 = no cap")
-    g.add_argument("--max_nonfinite", default=20, type=int)
+    g.add_argument("--max_nonfinite", default=20, type=int,
+                   help="stop with an error after this many non-finite losses in a row")
 
     g = p.add_argument_group("augmentation and regularisation")
     g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy; 'none' disables")
@@ -386,11 +386,8 @@ def _selections(args, splits) -> list[Selection]:
 
 
 def train(args) -> dict:
-    info = init_distributed(device_type(args.device))
-    try:
+    with process_group(device_type(args.device)) as info:
         return _train(args, info)
-    finally:
-        cleanup(info)
 
 
 def _train(args, info: DistInfo) -> dict:
@@ -465,7 +462,7 @@ def _train(args, info: DistInfo) -> dict:
     summary = engine.run()
     summary["pretrained"] = encoder.path if encoder else None
     if info.is_main:
-        write_summary(out_dir, summary)
+        write_json(out_dir / "summary.json", summary)
     best = Path(summary["best_checkpoints"].get(BEST, ""))
     if summary["stopped_by_signal"]:
         log.message(f"stopped by signal at iteration {summary['iteration']}; continue with --resume auto")
@@ -484,6 +481,7 @@ def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
 
 
 def _announce(args, info, device, amp_dtype, splits, encoder, mean_std_source, ipe, eff_batch, log) -> None:
+    """One line that says what this run is."""
     counts = {name: count_labels(samples) for name, samples in splits.items()}
     start = (f"from {encoder.path} ({encoder.kind}"
              + (f", pos_embed resampled from {encoder.pos_embed_resampled_from}" if encoder.pos_embed_resampled_from
@@ -492,14 +490,11 @@ def _announce(args, info, device, amp_dtype, splits, encoder, mean_std_source, i
     log.message(f"fsfm_fast finetune: {args.model} at {args.input_size}px {start}, on {device} (x{info.world_size}), "
                 f"precision {precision}; images {counts}; {ipe} it/epoch, effective batch {eff_batch}, lr {args.lr:.3g}; "
                 f"mean/std from {mean_std_source}" + (" [synthetic forgery benchmark]" if args.demo else ""))
-    if info.is_main:
-        (Path(args.output_dir) / "args.json").write_text(json.dumps(vars(args), indent=1, default=str), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    summary = train(args)
-    return 0 if summary["iteration"] > 0 or summary["stopped_by_signal"] else 1
+    summary = train(parse_args(argv))
+    return 0 if summary["iteration"] or summary["stopped_by_signal"] else 1
 
 
 if __name__ == "__main__":

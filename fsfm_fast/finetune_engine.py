@@ -41,7 +41,7 @@ from .cli import UsageError
 from .devices import autocast
 from .distributed import DistInfo, any_rank_flags, barrier, mean_across
 from .run_log import RunLog
-from .signals import StopSignal
+from .signals import StopSignal, shutdown_workers
 
 
 @dataclass
@@ -238,6 +238,8 @@ class FinetuneEngine:
 
     def run(self) -> dict:
         settings, state = self.settings, self.state
+        if self.info.is_main:
+            write_json(settings.output_dir / "args.json", settings.args)
         self.log.progress(state.iteration)
         self.window = _Window()
         stopped = False
@@ -259,20 +261,20 @@ class FinetuneEngine:
 
     def _run_epoch(self, stop: StopSignal) -> bool:
         """The iterations of the current epoch from wherever the run stands in it; True when stopped."""
-        settings, state, batches = self.settings, self.state, self.parts.batches
+        state, batches = self.state, self.parts.batches
         ipe = batches.iters_per_epoch
         epoch = state.iteration // ipe
         batches.sampler.set_epoch(epoch, start_index=(state.iteration % ipe) * batches.batch_size)
         loader = iter(batches.loader)
-        while state.iteration < settings.total_iters and state.iteration // ipe == epoch:
-            try:
-                batch = next(loader)
-            except StopIteration:
-                return False
-            except Exception:
-                if stop.requested:  # data workers were hit by the same signal: save what we have
-                    return True
-                raise
+        try:
+            return self._epoch_steps(loader, epoch, stop)
+        finally:
+            shutdown_workers(loader)
+
+    def _epoch_steps(self, loader, epoch: int, stop: StopSignal) -> bool:
+        settings, state = self.settings, self.state
+        ipe = self.parts.batches.iters_per_epoch
+        for batch in _until_stopped(loader, stop):
             self._iteration(batch, epoch)
             it = state.iteration
             if it % settings.accum_iter and it != settings.total_iters:
@@ -288,14 +290,13 @@ class FinetuneEngine:
                     self.save()
             if settings.save_every and it % settings.save_every == 0:
                 self.save()
+            if it >= settings.total_iters or it // ipe != epoch:
+                return False
         return stop.requested
 
     def _iteration(self, batch: dict, epoch: int) -> None:
-        settings, state = self.settings, self.state
-        it = state.iteration
-        state.skipped_images += batch["n_skipped"]
-        self.log.skipped(it, batch["skipped"])
-        if it % settings.accum_iter == 0:
+        settings, it = self.settings, self.state.iteration
+        if it % settings.accum_iter == 0:  # one lr per optimizer step; timm's layer-decay groups scale it
             lr = self.parts.lr_at(it)
             for group in self.parts.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -303,10 +304,12 @@ class FinetuneEngine:
         # function of the iteration, so a resumed run draws the same.
         np.random.seed([settings.seed, self.info.rank, it])
         random.seed(f"{settings.seed}/{self.info.rank}/{it}")
+        self.state.skipped_images += batch["n_skipped"]
+        self.log.skipped(it, batch["skipped"])
         stats = self._step(batch, it)
-        state.iteration = it + 1
+        self.state.iteration = it + 1
         self.window.add(stats, batch["images"].shape[0] * self.info.world_size)
-        if state.iteration % settings.log_every == 0 or state.iteration in (1, settings.total_iters):
+        if (it + 1) % settings.log_every == 0 or it + 1 in (1, settings.total_iters):
             self._log(epoch)
 
     def _step(self, batch: dict, it: int) -> dict | None:
@@ -365,27 +368,39 @@ class FinetuneEngine:
         self.window = _Window()
 
 
+def _until_stopped(loader, stop: StopSignal):
+    """The loader's batches; a data worker failing after a stop signal (the workers got it too) ends
+    them quietly, so that the run can save."""
+    while True:
+        try:
+            batch = next(loader)
+        except StopIteration:
+            return
+        except Exception:
+            if stop.requested:
+                return
+            raise
+        yield batch
+
+
+@dataclass
 class _Window:
     """Losses and throughput since the last log line."""
-
-    def __init__(self):
-        self.losses: list[float] = []
-        self.images = self.iters = 0
-        self.grad_norm = None
-        self.t0 = time.perf_counter()
+    losses: list[float] = field(default_factory=list)
+    images: int = 0
+    iters: int = 0
+    grad_norm: float | None = None  # the last one measured
+    t0: float = field(default_factory=time.perf_counter)
 
     def add(self, stats: dict | None, images: int) -> None:
-        self.iters += 1
-        self.images += images
+        self.iters, self.images = self.iters + 1, self.images + images
         if stats is not None:
             self.losses.append(stats["loss"])
-            if stats["grad_norm"] is not None:
-                self.grad_norm = stats["grad_norm"]
+            self.grad_norm = self.grad_norm if stats["grad_norm"] is None else stats["grad_norm"]
 
     def mean_loss(self) -> float:
         return sum(self.losses) / len(self.losses) if self.losses else float("nan")
 
 
-def write_summary(output_dir: Path, summary: dict) -> None:
-    (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n",
-                                                   encoding="utf-8")
+def write_json(path: Path, obj: dict) -> None:
+    Path(path).write_text(json.dumps(obj, indent=1, default=str) + "\n", encoding="utf-8")

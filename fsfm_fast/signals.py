@@ -43,3 +43,15 @@ def ignore_stop_signals(worker_id: int | None = None) -> None:
     """``worker_init_fn`` for data workers: the main process alone decides when to stop."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def shutdown_workers(batches) -> None:
+    """Stop the data workers of a DataLoader iterator now (a no-op for anything else).
+
+    Call it in a ``finally`` around the loop: after an exception the traceback keeps the iterator, and
+    its workers, alive until the interpreter exits, where multiprocessing stops children with SIGTERM,
+    which workers started with ``ignore_stop_signals`` ignore, so the exit would wait for them forever.
+    """
+    stop = getattr(batches, "_shutdown_workers", None)
+    if stop is not None:
+        stop()

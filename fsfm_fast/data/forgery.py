@@ -33,13 +33,13 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .synthetic import HAIR, LEFT_EYE, LOWER_LIP, RIGHT_EYE, SKIN, UPPER_LIP, draw_face, face_params
+from .synthetic import (HAIR, LEFT_EYE, LOWER_LIP, RIGHT_EYE, SKIN, UPPER_LIP, draw_face, face_params,
+                        map_in_processes)
 
 FORGERY_TYPES = ("face_swap", "reenactment", "upsampling", "rerender")
 TRAIN_TYPES = ("face_swap", "reenactment")  # what the default benchmark trains on
@@ -455,16 +455,7 @@ def write_forgery_benchmark(root, seed: int = 0, size: int = 128, frames_per_vid
         for cls in ("real",) + tuple(FAKE_PREFIX + k for k in SPLIT_TYPES[split]):
             (root / split / cls).mkdir(parents=True, exist_ok=True)
         jobs += [(str(root), split, i, int(count), int(seed), int(size), int(frames_per_video)) for i in range(count)]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n_proc = min(workers or cpus, max(len(jobs) // 8, 1))
-    if n_proc > 1:
-        method = "fork" if "fork" in get_all_start_methods() else None
-        with get_context(method).Pool(n_proc) as pool:
-            for _ in pool.imap_unordered(_write_person, jobs, chunksize=4):
-                pass
-    else:
-        for job in jobs:
-            _write_person(job)
+    map_in_processes(_write_person, jobs, workers, per_process=8, chunksize=4)
     tmp = manifest.with_name(manifest.name + ".tmp")
     tmp.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, manifest)

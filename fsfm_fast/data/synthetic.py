@@ -609,6 +609,22 @@ def _check_foreign(root: Path) -> None:
                              f"e.g. {sorted(foreign)[:3]}): choose an empty or synthetic-only folder")
 
 
+def map_in_processes(fn, jobs: list, workers: int | None = None, per_process: int = 32, chunksize: int = 16) -> None:
+    """Call ``fn(job)`` for every job (results dropped), in up to ``workers`` processes (default: every
+    available CPU) when there are at least ``per_process`` jobs for each, in this process otherwise."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n_proc = min(workers or cpus, max(len(jobs) // per_process, 1))
+    if n_proc > 1:
+        # fork starts workers without re-importing torch; elsewhere the platform default
+        method = "fork" if "fork" in get_all_start_methods() else None
+        with get_context(method).Pool(n_proc) as pool:
+            for _ in pool.imap_unordered(fn, jobs, chunksize=chunksize):
+                pass
+    else:
+        for job in jobs:
+            fn(job)
+
+
 def write_synthetic_dataset(root, num_images: int, size: int = 224, seed: int = 0,
                             workers: int | None = None) -> Path:
     """Write ``num_images`` faces in the reference layout under ``root`` and return ``root``.
@@ -650,18 +666,7 @@ def write_synthetic_dataset(root, num_images: int, size: int = 224, seed: int = 
             if f.name.endswith(".tmp") or (match and (not reuse or int(match.group(1)) >= num_images)):
                 f.unlink()  # leftovers of a killed run, other faces, or faces beyond a smaller request
     todo = [i for i in range(num_images) if not all(q.is_file() for q in _paths(root, i))]
-    jobs = [(str(root), i, size, seed) for i in todo]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n_proc = min(workers or cpus, max(len(jobs) // 32, 1))
-    if n_proc > 1:
-        # fork starts workers without re-importing torch; elsewhere the platform default
-        method = "fork" if "fork" in get_all_start_methods() else None
-        with get_context(method).Pool(n_proc) as pool:
-            for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
-                pass
-    else:
-        for job in jobs:
-            _write_one(job)
+    map_in_processes(_write_one, [(str(root), i, size, seed) for i in todo], workers, per_process=32, chunksize=16)
     _write_json(manifest_path, wanted)
     progress_path.unlink()
     return root
