@@ -401,8 +401,30 @@ def _train(args, info: DistInfo) -> dict:
         args.test = args.test or [f"synthetic={args.data_path[0]}"]
     splits = load_splits(args)
     check_splits(splits, args.select_metric)
-    tests = parse_tests(args.test)
+    tests = parse_tests(args.test)  # malformed test sets fail before training, not after it
 
+    model, config, encoder = build_detector(args, splits, info)
+    model.to(device)
+    parts, settings = build_parts(args, model, config, encoder, splits, info, device, amp_dtype)
+    log = RunLog(out_dir, enabled=info.is_main, total=settings.total_iters)
+    engine = FinetuneEngine(parts, settings, info, log)
+    _announce(args, info, device, amp_dtype, splits, encoder, config, parts.batches, log)
+    summary = {**engine.run(), "pretrained": encoder.path if encoder else None}
+    if info.is_main:
+        write_json(out_dir / "summary.json", summary)
+    best = summary["best_checkpoints"].get(BEST)
+    if summary["stopped_by_signal"]:
+        log.message(f"stopped by signal at iteration {summary['iteration']}; continue with --resume auto")
+    elif tests and best:
+        summary["test"] = run_evaluation(best, tests, out_dir / "eval", batch_size=args.eval_batch_size,
+                                         num_workers=args.num_workers, device=device, amp_dtype=amp_dtype, info=info,
+                                         class_map=parse_class_map(args.class_map))
+    return summary
+
+
+def build_detector(args, splits: dict[str, list[Sample]], info: DistInfo):
+    """(model, its DetectorConfig, PretrainedEncoder or None): the detector with its pretrained encoder,
+    and the input normalisation that goes with that encoder."""
     torch.manual_seed(args.seed)  # the same initial head on every rank
     config = DetectorConfig(model=args.model, img_size=args.input_size,
                             global_pool="avg" if args.global_pool else "cls", drop_path_rate=args.drop_path,
@@ -410,31 +432,30 @@ def _train(args, info: DistInfo) -> dict:
     model = config.build()
     pretrained = resolve_pretrained(args, print if info.is_main else (lambda *a: None))
     encoder = load_pretrained_encoder(model, pretrained) if pretrained else None
-    mean, std, mean_std_source = normalisation(args, encoder)
-    config = dataclasses.replace(config, mean=tuple(mean), std=tuple(std))
-    model.to(device)
-    torch.manual_seed(args.seed + info.rank)
+    mean, std, source = normalisation(args, encoder)
+    torch.manual_seed(args.seed + info.rank)  # drop path differs per rank
+    return model, dataclasses.replace(config, mean=tuple(mean), std=tuple(std), mean_std_source=source), encoder
 
-    train_set = LabelledImages(splits["train"], train_transform(args, mean, std), seed=args.seed)
+
+def build_parts(args, model, config: DetectorConfig, encoder, splits, info: DistInfo, device, amp_dtype
+                ) -> tuple[TrainingParts, RunSettings]:
+    """The deepfake task's parts for the engine: data, optimizer, schedule, loss, validation, selection."""
+    train_set = LabelledImages(splits["train"], train_transform(args, config.mean, config.std), seed=args.seed)
     batches = build_train_batches(train_set, args, info, device)
     if batches.iters_per_epoch < 1:
         raise cli.UsageError(f"{len(train_set)} training images cannot fill one batch of {args.batch_size} on each "
                              f"of {info.world_size} processes")
     eval_tf = eval_transform(config)
     val_sets = {name: LabelledImages(samples, eval_tf) for name, samples in splits.items() if name != "train"}
-    eff_batch = args.batch_size * args.accum_iter * info.world_size
-    args.lr = args.lr if args.lr is not None else args.blr * eff_batch / 256
+    args.lr = args.lr if args.lr is not None else args.blr * effective_batch(args, info) / 256
     ipe = batches.iters_per_epoch
     total = args.epochs * ipe
-    stop_at = min(total, args.max_steps) if args.max_steps > 0 else total
     groups = param_groups_layer_decay(model, weight_decay=args.weight_decay,
                                       no_weight_decay_list=model.no_weight_decay(), layer_decay=args.layer_decay)
-    optimizer = _adamw(groups, args.lr)
 
     def record() -> dict:
         return {"format": DETECTOR_FORMAT, "detector": config.to_dict(), "model": model.state_dict(),
-                "pretrained": None if encoder is None else {"path": encoder.path, "kind": encoder.kind,
-                                                            "mean_std_source": mean_std_source}}
+                "pretrained": None if encoder is None else {"path": encoder.path, "kind": encoder.kind}}
 
     def restore(ckpt: dict, path: Path) -> None:
         saved = ckpt.get("detector") or {}
@@ -445,32 +466,23 @@ def _train(args, info: DistInfo) -> dict:
         load_state_dict_strict(model, ckpt["model"], path, "detector")
 
     parts = TrainingParts(
-        model=model, optimizer=optimizer, batches=batches, loss=DetectionLoss(args),
+        model=model, optimizer=_adamw(groups, args.lr), batches=batches, loss=DetectionLoss(args),
         validate=validator(val_sets, batch_size=args.eval_batch_size, num_workers=args.num_workers, device=device,
                            amp_dtype=amp_dtype, info=info),
         selections=_selections(args, splits),
         lr_at=lambda it: cosine_lr(it, base_lr=args.lr, min_lr=args.min_lr,
                                    warmup_iters=round(args.warmup_epochs * ipe), total_iters=total),
         record=record, restore=restore)
-    settings = RunSettings(output_dir=out_dir, total_iters=stop_at, eval_every=args.eval_every or ipe, device=device,
-                           amp_dtype=amp_dtype, accum_iter=args.accum_iter, clip_grad=args.clip_grad,
-                           save_every=args.save_every, keep_last=args.keep_last, max_nonfinite=args.max_nonfinite,
-                           log_every=args.log_every, seed=args.seed, resume=args.resume, args=plain_args(args))
-    log = RunLog(out_dir, enabled=info.is_main, total=stop_at)
-    engine = FinetuneEngine(parts, settings, info, log)
-    _announce(args, info, device, amp_dtype, splits, encoder, mean_std_source, ipe, eff_batch, log)
-    summary = engine.run()
-    summary["pretrained"] = encoder.path if encoder else None
-    if info.is_main:
-        write_json(out_dir / "summary.json", summary)
-    best = Path(summary["best_checkpoints"].get(BEST, ""))
-    if summary["stopped_by_signal"]:
-        log.message(f"stopped by signal at iteration {summary['iteration']}; continue with --resume auto")
-    elif tests and best.is_file():
-        summary["test"] = run_evaluation(best, tests, out_dir / "eval", batch_size=args.eval_batch_size,
-                                         num_workers=args.num_workers, device=device, amp_dtype=amp_dtype, info=info,
-                                         class_map=parse_class_map(args.class_map))
-    return summary
+    settings = RunSettings(output_dir=Path(args.output_dir), total_iters=min(total, args.max_steps or total),
+                           eval_every=args.eval_every or ipe, device=device, amp_dtype=amp_dtype,
+                           accum_iter=args.accum_iter, clip_grad=args.clip_grad, save_every=args.save_every,
+                           keep_last=args.keep_last, max_nonfinite=args.max_nonfinite, log_every=args.log_every,
+                           seed=args.seed, resume=args.resume, args=plain_args(args))
+    return parts, settings
+
+
+def effective_batch(args, info: DistInfo) -> int:
+    return args.batch_size * args.accum_iter * info.world_size
 
 
 def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
@@ -480,7 +492,7 @@ def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
-def _announce(args, info, device, amp_dtype, splits, encoder, mean_std_source, ipe, eff_batch, log) -> None:
+def _announce(args, info, device, amp_dtype, splits, encoder, config, batches, log) -> None:
     """One line that says what this run is."""
     counts = {name: count_labels(samples) for name, samples in splits.items()}
     start = (f"from {encoder.path} ({encoder.kind}"
@@ -488,8 +500,9 @@ def _announce(args, info, device, amp_dtype, splits, encoder, mean_std_source, i
                 else "") + ")") if encoder else "FROM SCRATCH (no --finetune)"
     precision = "fp32" if amp_dtype is None else str(amp_dtype).split(".")[-1]
     log.message(f"fsfm_fast finetune: {args.model} at {args.input_size}px {start}, on {device} (x{info.world_size}), "
-                f"precision {precision}; images {counts}; {ipe} it/epoch, effective batch {eff_batch}, lr {args.lr:.3g}; "
-                f"mean/std from {mean_std_source}" + (" [synthetic forgery benchmark]" if args.demo else ""))
+                f"precision {precision}; images {counts}; {batches.iters_per_epoch} it/epoch, effective batch "
+                f"{effective_batch(args, info)}, lr {args.lr:.3g}; mean/std from {config.mean_std_source}"
+                + (" [synthetic forgery benchmark]" if args.demo else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -236,6 +236,7 @@ class DetectorConfig:
     eval_resize: str = "crop"  # "crop": resize to img_size / crop_pct, centre crop; "plain": resize to img_size
     crop_pct: float = 0.875
     train_classes: tuple[str, ...] = ()  # class folders seen in training (evaluate marks the others unseen)
+    mean_std_source: str = ""  # where mean/std came from (a pretrain_ds_mean_std.txt, ImageNet, ...)
 
     def __post_init__(self):
         get_config(self.model)
