@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .folder import FaceParsingFolder, collate_faces, compute_mean_std
 from ..signals import ignore_stop_signals
+from .faces import collate_faces, sample_key
+from .folder import FaceParsingFolder, compute_mean_std, pixel_mean_std
 from .sampler import EpochSampler
 from .shards import DeviceDecoder, RawShards, ShardDataset, collate_raw, combined_mean_std, is_shard_folder
 
@@ -65,8 +66,7 @@ class ConcatFaces(Dataset):
         return self.ends[-1]
 
     def __getitem__(self, key):
-        index, epoch = (key, 0) if not isinstance(key, (tuple, list)) else key
-        index = int(index) % len(self)
+        index, epoch = sample_key(key, len(self))
         part = bisect.bisect_right(self.ends, index)
         local = index - (self.ends[part - 1] if part else 0)
         return self.parts[part][(local, epoch)]
@@ -94,23 +94,16 @@ def dataset_mean_std(paths, input_size: int, max_samples: int = 0, num_workers: 
     if not folders:
         return combined_mean_std(shards)
     dataset = face_dataset(folders + shards, input_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    indices = np.arange(len(dataset))
-    if 0 < max_samples < len(dataset):
-        indices = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_samples, replace=False))
-    loader = DataLoader(torch.utils.data.Subset(dataset, indices.tolist()), batch_size=64,
-                        num_workers=num_workers, collate_fn=collate_faces, worker_init_fn=ignore_stop_signals)
-    total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
-    for batch in loader:
-        x = batch["images"].double()
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += (x * x).sum(dim=(0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / max(count, 1)
-    return mean.tolist(), (total_sq / max(count, 1) - mean * mean).clamp_min(0).sqrt().tolist()
+    return pixel_mean_std(dataset, max_samples, num_workers=num_workers, seed=seed)
 
 
 class DeviceBatches:
-    """A DataLoader of raw batches, each finished by ``DeviceDecoder`` as it is taken."""
+    """A DataLoader of raw batches, each finished by ``DeviceDecoder`` on the device.
+
+    On CUDA the decode runs on a side stream one batch ahead: batch i+1 is decoded (nvJPEG, crop,
+    resize) while the training step of batch i runs on the compute stream, which waits for a batch
+    only when it takes it.
+    """
 
     def __init__(self, loader: DataLoader, decoder: DeviceDecoder):
         self.loader, self.decoder = loader, decoder
@@ -118,9 +111,32 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def _start(self, raw, stream):
+        if raw is None:
+            return None
+        if stream is None:
+            return self.decoder(raw)
+        with torch.cuda.stream(stream):
+            return self.decoder(raw)
+
+    @staticmethod
+    def _hand_over(batch: dict, stream) -> dict:
+        if stream is not None:
+            current = torch.cuda.current_stream(stream.device)
+            current.wait_stream(stream)
+            for key in ("images", "parsing"):
+                batch[key].record_stream(current)  # the allocator must not reuse them too early
+        return batch
+
     def __iter__(self):
-        for raw in self.loader:
-            yield self.decoder(raw)
+        device = self.decoder.device
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        raws = iter(self.loader)
+        pending = self._start(next(raws, None), stream)
+        while pending is not None:
+            following = self._start(next(raws, None), stream)
+            yield self._hand_over(pending, stream)
+            pending = following
 
 
 @dataclass
@@ -199,7 +215,7 @@ def build_loader(paths, mean, std, *, input_size: int, batch_size: int, augment:
                               drop_last=drop_last, num_workers=num_workers,
                               collate_fn=collate_raw if on_device else collate_faces,
                               pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
-                              worker_init_fn=ignore_stop_signals)
+                              persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals)
     if on_device:
         decoder = DeviceDecoder(input_size, mean, std, device=device, dtype=dtype)
         codec = "nvJPEG" if device.type == "cuda" else "libjpeg"
