@@ -129,9 +129,12 @@ class DeviceBatches:
         return batch
 
     def __iter__(self):
+        # the DataLoader's iterator (and so its workers) is made now, not at the first batch
+        return self._decoded(iter(self.loader))
+
+    def _decoded(self, raws):
         device = self.decoder.device
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        raws = iter(self.loader)
         pending = self._start(next(raws, None), stream)
         while pending is not None:
             following = self._start(next(raws, None), stream)
@@ -154,6 +157,15 @@ class TrainData:
         """The batches of ``epoch`` from batch ``start_batch`` on (a resumed run's position)."""
         self.sampler.set_epoch(epoch, start_index=start_batch * self.batch_size)
         return iter(self.loader)
+
+    def close(self) -> None:
+        """Shut persistent data workers down now, while the run still handles signals, rather than
+        whenever the garbage collector gets to them."""
+        loader = getattr(self.loader, "loader", self.loader)  # DeviceBatches wraps a DataLoader
+        workers = getattr(loader, "_iterator", None)  # a DataLoader's persistent iterator
+        if workers is not None and hasattr(workers, "_shutdown_workers"):
+            workers._shutdown_workers()
+            loader._iterator = None
 
 
 def _choose(loader: str, folders: list[Path], shards: list[Path]) -> str:

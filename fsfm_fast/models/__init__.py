@@ -1,6 +1,7 @@
 """FSFM-3C networks: the online (masked) branch and the EMA target branch."""
 from fsfm_fast.models.configs import MODEL_CONFIGS, ModelConfig, get_config, list_models
 from fsfm_fast.models.fsfm import (
+    REP_POS_EMBEDS,
     FSFMTrunk,
     OnlineNetwork,
     OnlineOutput,
@@ -13,6 +14,7 @@ from fsfm_fast.models.fsfm import (
 
 __all__ = [
     "MODEL_CONFIGS",
+    "REP_POS_EMBEDS",
     "FSFMTrunk",
     "ModelConfig",
     "OnlineNetwork",

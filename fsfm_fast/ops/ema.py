@@ -2,37 +2,26 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 
 from . import reference
 
 
-def _check_momentum(momentum, device) -> None:
-    if isinstance(momentum, torch.Tensor):
-        # a tensor momentum is for the training step, which must not read it back: shape only
-        if momentum.dim() != 0 or not momentum.is_floating_point():
-            raise ValueError(f"ema_update: a tensor momentum must be a 0-dim float tensor, got "
-                             f"{momentum.dtype} of shape {tuple(momentum.shape)}")
-        if device is not None and momentum.device != device:
-            raise ValueError(f"ema_update: momentum is on {momentum.device}, the parameters on {device}")
-        return
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
-            or not math.isfinite(momentum) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"ema_update: momentum must be in [0, 1], got {momentum!r}")
-
-
 def ema_update(target_params: Sequence[torch.Tensor], online_params: Sequence[torch.Tensor],
-               momentum: Union[float, torch.Tensor]) -> None:
+               momentum: float, skip: Optional[torch.Tensor] = None) -> None:
     """In place, one fused torch._foreach_lerp_ over all pairs (matched by position).
 
-    momentum: a float in [0, 1], or a 0-dim tensor on the parameters' device (the training step
-    passes 1 there when its step was skipped, without a host sync).
+    skip: a 0-dim bool tensor on the parameters' device, True when the training step was skipped:
+    the target then stays exactly as it was, without the host reading the flag (no GPU sync).
     """
     targets, onlines = list(target_params), list(online_params)
     if len(targets) != len(onlines):
         raise ValueError(f"ema_update: {len(targets)} target params but {len(onlines)} online")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
+            or not math.isfinite(momentum) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"ema_update: momentum must be in [0, 1], got {momentum!r}")
     for i, (t, o) in enumerate(zip(targets, onlines)):
         if not isinstance(t, torch.Tensor) or not isinstance(o, torch.Tensor):
             raise TypeError(f"ema_update: pair {i} holds a non-tensor")
@@ -41,5 +30,9 @@ def ema_update(target_params: Sequence[torch.Tensor], online_params: Sequence[to
                              f"{t.device} vs online {tuple(o.shape)} {o.dtype} {o.device}")
         if not t.is_floating_point():
             raise TypeError(f"ema_update: pair {i} is {t.dtype}, not floating point")
-    _check_momentum(momentum, targets[0].device if targets else None)
-    reference.ema_update(targets, onlines, momentum)
+    if skip is not None:
+        if not isinstance(skip, torch.Tensor) or skip.dim() != 0 or skip.dtype != torch.bool:
+            raise ValueError(f"ema_update: skip must be a 0-dim bool tensor, got {skip!r}")
+        if targets and skip.device != targets[0].device:
+            raise ValueError(f"ema_update: skip is on {skip.device}, the parameters on {targets[0].device}")
+    reference.ema_update(targets, onlines, float(momentum), skip)

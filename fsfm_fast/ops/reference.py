@@ -314,17 +314,18 @@ def fsfm_loss(pred: torch.Tensor, images: torch.Tensor, img_mask: torch.Tensor,
 
 @torch.no_grad()
 def ema_update(target_params: Sequence[torch.Tensor], online_params: Sequence[torch.Tensor],
-               momentum: Union[float, torch.Tensor]) -> None:
+               momentum: float, skip: Optional[torch.Tensor] = None) -> None:
     """target := momentum * target + (1 - momentum) * online, in place.
 
-    momentum may be a 0-dim tensor on the parameters' device: then nothing is read back to the
-    host, and a momentum of 1 (a skipped step) leaves the target exactly as it was.
+    skip: a 0-dim bool tensor on the parameters' device; where True the update leaves the target
+    exactly as it was (a weight of 0), decided on the device with nothing read back to the host.
     """
     targets, onlines = list(target_params), list(online_params)
     if not targets:
         return
-    if isinstance(momentum, torch.Tensor):
-        weight = 1.0 - momentum
-        torch._foreach_lerp_(targets, onlines, [weight] * len(targets))
+    weight = 1.0 - float(momentum)
+    if skip is None:
+        torch._foreach_lerp_(targets, onlines, weight)
     else:
-        torch._foreach_lerp_(targets, onlines, 1.0 - float(momentum))
+        weights = torch.where(skip, 0.0, weight).to(targets[0].dtype)
+        torch._foreach_lerp_(targets, onlines, [weights] * len(targets))

@@ -27,7 +27,8 @@ import torch
 from .. import _ext
 from ..cli import UsageError
 from . import reference
-from ._checks import FALLBACKS, resolve_backend
+from . import _checks
+from ._checks import resolve_backend
 from ._triton_support import use_triton
 
 # Largest error allowed, relative to the largest magnitude of the expected tensor: the tolerances
@@ -223,7 +224,11 @@ def selfcheck(device, backend: str = "auto", *, patch: int = 16, dim: int = 64, 
     geo = dict(patch=patch, dim=dim, image_size=image_size)
     tol = TOLERANCES[amp_dtype or torch.float32]
     checks = []
-    for op, impl in backends_in_use(device, backend).items():
+    try:
+        in_use = backends_in_use(device, backend)
+    except (RuntimeError, TypeError) as exc:  # a forced backend that cannot run here
+        raise SelfCheckError(str(exc)) from None
+    for op, impl in in_use.items():
         if impl == "torch":
             continue
         start = time.perf_counter()
@@ -243,11 +248,11 @@ def selfcheck(device, backend: str = "auto", *, patch: int = 16, dim: int = 64, 
                 + REPORT.format(device=device.type))
         if backend == "triton":
             raise SelfCheckError(line)
-        FALLBACKS[op] = detail
+        _checks.FALLBACKS[op] = detail
         log(f"!!! {line}. This run uses the PyTorch reference for {op} instead (slower, same results).")
     return {"device": str(device), "backend": backend, "geometry": dict(geo, amp_dtype=str(amp_dtype)),
             "versions": versions(), "checks": [asdict(c) for c in checks],
-            "fallbacks": {op: FALLBACKS[op] for op in FALLBACKS}, "in_use": backends_in_use(device, backend)}
+            "fallbacks": dict(_checks.FALLBACKS), "in_use": backends_in_use(device, backend)}
 
 
 def versions() -> dict:
