@@ -2,8 +2,8 @@
 
     python benchmarks/gpu_results.py OUT_DIR
 
-Reads OUT_DIR/summary.tsv (each step's status and command), versions.json (device, torch, CUDA,
-Triton) and every bench_*.json (each benchmark's rows), and prints one section: the steps, then one
+Reads OUT_DIR/summary.tsv (each step's status and command), selfcheck.json (device, torch, CUDA,
+Triton versions, and which kernels passed) and every bench_*.json (each benchmark's rows), and prints one section: the steps, then one
 table per benchmark with the exact command that produced it. A benchmark added to gpu_check.sh that
 writes ``{"rows": [...]}`` or ``{"results": [...]}`` JSON shows up without changes here.
 """
@@ -38,9 +38,10 @@ def section(out_dir: Path) -> str:
     steps = list(csv.DictReader((out_dir / "summary.tsv").open(encoding="utf-8"), delimiter="\t"))
     commands = {s["step"]: s["command"] for s in steps}
     try:
-        versions = json.loads((out_dir / "versions.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # the environment step failed: the table says "?"
-        versions = {}
+        selfcheck = json.loads((out_dir / "selfcheck.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # the self-check step failed: the table says "?"
+        selfcheck = {}
+    versions = selfcheck.get("versions", {})
     gpu = versions.get("gpu")
     lines = [f"## GPU check, {gpu or 'no GPU (dry run on the CPU: no figure below is a GPU measurement)'}", "",
              f"{date.today().isoformat()}: {gpu or 'CPU'}, Python {versions.get('python', '?')}, torch "
@@ -49,6 +50,9 @@ def section(out_dir: Path) -> str:
              "Produced by `bash benchmarks/gpu_check.sh` (each benchmark's command is given below it).", "",
              "| step | status | seconds | note |", "|---|---|---:|---|"]
     lines += [f"| {s['step']} | {s['status']} | {s['seconds']} | {s['note']} |" for s in steps]
+    if selfcheck.get("checks"):
+        lines += ["", "Self-check of each kernel against the reference: " + "; ".join(
+            f"{c['op']} ({c['impl']}) {'ok' if c['ok'] else 'FAILED'}, {c['detail']}" for c in selfcheck["checks"]) + "."]
     for path in sorted(out_dir.glob("bench_*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
         rows = data.get("rows") or data.get("results") or []

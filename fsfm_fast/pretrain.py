@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -23,190 +22,24 @@ from torch.nn.parallel import DistributedDataParallel
 from . import checkpoint, cli, ops
 from .checkpoint import CheckpointManager
 from .cli import UsageError
-from .data import collate_faces
-from .data.loaders import LOADERS, build_train_data, dataset_mean_std, detect_layout
+from .data.loaders import build_train_data, cached_mean_std
 from .data.synthetic import write_synthetic_dataset
 from .distributed import DistInfo, any_rank_flags, barrier, cleanup, init_distributed
-from .models import REP_POS_EMBEDS, TargetNetwork, create_online, get_config, list_models
+from .models import TargetNetwork, create_online
+from .plots import final_pictures
+from .pretrain_args import check_paths, parse_args
 from .run_log import RunLog
 from .schedules import cosine_lr, ema_momentum
 from .signals import StopSignal, stop_signals_held
+from .step_stats import StepStats
 
 MEAN_STD_FILE = "pretrain_ds_mean_std.txt"
 SELFCHECK_FILE = "selfcheck.json"
 IMAGENET_MEAN_STD = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 CHECKPOINT_FORMAT = "fsfm_fast.pretrain/1"
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 # What a checkpoint must agree on with the run that resumes it (anything else may change on resume).
 SAME_RUN_KEYS = ("model", "input_size", "rep_decoder_pos_embed")
-
-# What a run with no --data_path uses for every flag the user did not set: a tiny model on the
-# embedded synthetic faces, sized so that it finishes in minutes on a laptop CPU.
-DEMO_DEFAULTS = {
-    "model": "fsfm_vit_tiny_patch16",
-    "input_size": 112,
-    "batch_size": 32,
-    "epochs": 8,
-    "warmup_epochs": 1,
-    "blr": 1e-2,
-    "num_workers": 2,
-    "output_dir": "output_demo",
-    "save_every": 100,
-    "log_every": 10,
-}
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = cli.argument_parser("fsfm_fast.pretrain", __doc__)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="fsfm_vit_base_patch16", choices=list_models())
-    g.add_argument("--input_size", default=224, type=int)
-    g.add_argument("--norm_pix_loss", dest="norm_pix_loss", action="store_true", default=True,
-                   help="normalise each target patch by its mean/std (the recipe's setting)")
-    g.add_argument("--no_norm_pix_loss", dest="norm_pix_loss", action="store_false")
-    g.add_argument("--mask_ratio", default=0.75, type=float)
-    g.add_argument("--mask_strategy", default="crfr_p", choices=["crfr_p", "crfr_r", "fr", "random"])
-    g.add_argument("--mask_region", default="batch", choices=["batch", "image"],
-                   help="draw the covered facial region once per batch (reference) or per image")
-    g.add_argument("--weight_sfr", default=0.007, type=float)
-    g.add_argument("--weight_cl", default=0.1, type=float)
-    g.add_argument("--cl_loss", default="SimSiam", type=str.lower, choices=["simsiam", "byol"])
-    g.add_argument("--t_momentum", default=0.996, type=float, help="initial EMA momentum of the target")
-    g.add_argument("--rep_decoder_pos_embed", default="zeros", choices=REP_POS_EMBEDS,
-                   help="the rep decoder's frozen position embedding: zeros as the reference release "
-                        "(faithful), or sin-cos (an ablation)")
-    g.add_argument("--ops", default="auto", choices=["auto", "torch", "triton"],
-                   help="backend of gather_visible/restore_masked/fsfm_loss: 'auto' runs the Triton "
-                        "kernels on CUDA tensors (each checked against the reference at start, and "
-                        "replaced by it if it fails), 'torch' the plain-PyTorch reference, 'triton' "
-                        "insists (a failed start-up check is an error)")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", default=64, type=int, help="per process")
-    g.add_argument("--epochs", default=400, type=int)
-    g.add_argument("--accum_iter", default=1, type=int)
-    g.add_argument("--blr", default=1.5e-4, type=float, help="lr = blr * effective batch / 256")
-    g.add_argument("--lr", default=None, type=float, help="absolute lr (overrides --blr)")
-    g.add_argument("--min_lr", default=0.0, type=float)
-    g.add_argument("--warmup_epochs", default=40, type=int)
-    g.add_argument("--weight_decay", default=0.05, type=float)
-    g.add_argument("--clip_grad", default=1.0, type=float, help="max grad norm; <= 0 disables")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 on CUDA, fp32 on CPU")
-    g.add_argument("--compile", nargs="?", const="default", default="none", choices=COMPILE_MODES,
-                   help="torch.compile the networks; '--compile' alone is 'default'; 'reduce-overhead' "
-                        "also captures CUDA graphs (see the README for which to use when)")
-    g.add_argument("--max_steps", default=0, type=int,
-                   help="stop after this many iterations (schedules still span --epochs); 0 = no cap")
-    g.add_argument("--max_nonfinite", default=20, type=int,
-                   help="stop with an error after this many non-finite losses in a row (checked when "
-                        "logging, every --log_every iterations)")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--data_path", "--pretrain_data_path", dest="data_path", action="append", default=[],
-                   help="reference-layout root (images/ + parsing_maps/) or shard folder (dataset.json from "
-                        "python -m fsfm_fast.data.make_shards); repeat for several")
-    g.add_argument("--loader", default="auto", choices=list(LOADERS),
-                   help="dali: DALI over shard folders; torch: DataLoader (nvJPEG decode on CUDA for shards); "
-                        "auto: dali when every path is a shard folder and DALI is installed, else torch")
-    g.add_argument("--augment", "--apply_simple_augment", dest="augment", action="store_true",
-                   help="random resized crop (0.2, 1) + flip, applied to image and parsing map alike")
-    g.add_argument("--normalize_from_IMN", action="store_true", help="ImageNet mean/std instead of the data's")
-    g.add_argument("--mean_std_samples", default=0, type=int,
-                   help="images used to compute the dataset mean/std; 0 = all (as the reference)")
-    g.add_argument("--synthetic_images", default=1024, type=int,
-                   help="size of the embedded synthetic set used when no --data_path is given")
-    g.add_argument("--num_workers", default=8, type=int)
-
-    g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default="output_pretrain")
-    g.add_argument("--log_dir", default=None, help="TensorBoard/JSON log folder (default: output_dir)")
-    g.add_argument("--resume", default="", help="checkpoint to continue from, or 'auto' for the newest")
-    g.add_argument("--save_every", default=1000, type=int,
-                   help="checkpoint every N iterations; 0 = only at the end and on a stop signal")
-    g.add_argument("--keep_last", default=3, type=int, help="numbered checkpoints to keep")
-    g.add_argument("--log_every", default=20, type=int, help="log (and read the losses back) every N iterations")
-    g.add_argument("--seed", default=0, type=int)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    return p
-
-
-def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """The flags on the command line (the parser takes no abbreviations, so names are whole)."""
-    given = set()
-    for action in parser._actions:
-        for opt in action.option_strings:
-            if any(a == opt or a.startswith(opt + "=") for a in argv):
-                given.add(action.dest)
-    return given
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = get_args_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.demo = not args.data_path
-    if args.demo:
-        given = _given_flags(parser, argv)
-        for key, value in DEMO_DEFAULTS.items():
-            if key not in given:
-                setattr(args, key, value)
-    check_args(args)
-    return args
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Every flag's value, before anything is read or written: one line naming the flag."""
-    for flag in ("batch_size", "epochs", "accum_iter", "log_every", "keep_last", "max_nonfinite"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("save_every", "max_steps", "warmup_epochs", "num_workers", "mean_std_samples"):
-        if getattr(args, flag) < 0:
-            raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    if args.demo and args.synthetic_images < 1:
-        raise UsageError(f"--synthetic_images must be >= 1, got {args.synthetic_images}")
-    if not args.blr > 0:
-        raise UsageError(f"--blr must be > 0, got {args.blr}")
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
-    for flag in ("min_lr", "weight_decay"):
-        if not getattr(args, flag) >= 0:
-            raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    if not 0.0 < args.mask_ratio < 1.0:
-        raise UsageError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
-    if not 0.0 <= args.t_momentum <= 1.0:
-        raise UsageError(f"--t_momentum must be in [0, 1], got {args.t_momentum}")
-    patch = get_config(args.model).patch_size
-    if args.input_size < patch or args.input_size % patch:
-        raise UsageError(f"--input_size {args.input_size} is not a multiple of {args.model}'s patch size {patch}")
-    try:
-        device = torch.device("cpu" if args.device == "auto" else args.device)
-    except RuntimeError:
-        raise UsageError(f"--device {args.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {args.device!r}: pretraining runs on cpu or cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device} was asked for, but torch sees no CUDA device")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) here")
-
-
-def check_paths(args: argparse.Namespace) -> None:
-    """Every path, before any expensive work: data folders exist and have a known layout, the
-    output folders can be written, a named checkpoint exists."""
-    for path in args.data_path:
-        if not Path(path).exists():
-            raise UsageError(f"--data_path {path} does not exist")
-        try:
-            detect_layout(path)
-        except (FileNotFoundError, ValueError) as exc:
-            raise UsageError(f"--data_path {exc}") from None
-    cli.ensure_writable_dir(args.output_dir, "--output_dir")
-    if args.log_dir:
-        cli.ensure_writable_dir(args.log_dir, "--log_dir")
-    if args.resume and args.resume != "auto" and not Path(args.resume).is_file():
-        raise UsageError(f"--resume {args.resume}: no such checkpoint file")
-
+LOSSES = ("loss", "loss_rec_all", "loss_rec_sfr", "loss_cl")
 
 # --------------------------------------------------------------------------------------------
 # set-up
@@ -240,38 +73,6 @@ def _data_roots(args: argparse.Namespace, info: DistInfo) -> list[Path]:
     return [root]
 
 
-def _mean_std(args: argparse.Namespace, roots: list[Path], info: DistInfo, say) -> tuple[list[float], list[float]]:
-    """Dataset statistics (SPEC section 5), computed once and kept in the output folder with what they
-    were computed from, so a resumed run reuses them and a run on other data or sizes does not."""
-    if args.normalize_from_IMN:
-        return IMAGENET_MEAN_STD
-    path = Path(args.output_dir) / MEAN_STD_FILE
-    source = {"data_paths": [str(r.resolve()) for r in roots], "input_size": args.input_size,
-              "mean_std_samples": args.mean_std_samples}
-    if info.is_main:
-        cached = _read_stats(path)
-        if cached is not None and {k: cached.get(k) for k in source} != source:
-            say(f"{path} was computed for {({k: cached.get(k) for k in source})}; recomputing for this run's data")
-            cached = None
-        if cached is None:
-            mean, std = dataset_mean_std(roots, args.input_size, max_samples=args.mean_std_samples,
-                                         num_workers=args.num_workers, seed=args.seed)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"mean": mean, "std": std, **source}) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-    barrier(info)
-    stats = _read_stats(path)
-    return stats["mean"], stats["std"]
-
-
-def _read_stats(path: Path) -> dict | None:
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return stats if isinstance(stats, dict) and "mean" in stats and "std" in stats else None
-
-
 def _mask_stream(rank: int, iteration: int) -> int:
     """The counter offset of an iteration's masks: with the run's seed it fixes them completely, so
     a resumed run draws the same masks, and the CPU twin and the CUDA kernel draw identical ones."""
@@ -283,49 +84,6 @@ class TrainState:
     """What a resumed run needs besides the weights and the device counters (``StepStats``)."""
     iteration: int = 0
     skipped_images: int = 0
-
-
-class StepStats:
-    """Per-step numbers kept on the device, so that the step never waits for the GPU: the loss sums
-    of the current log window, the non-finite counters, the last gradient norm. ``read`` brings
-    them back in one transfer, at log time."""
-    LOSSES = ("loss", "loss_rec_all", "loss_rec_sfr", "loss_cl")
-    N_OK, TOTAL, IN_A_ROW, WORST_RUN, GRAD_NORM = 4, 5, 6, 7, 8
-
-    def __init__(self, device: torch.device):
-        self.values = torch.zeros(9, dtype=torch.float64, device=device)
-        self.values[self.GRAD_NORM] = float("nan")
-
-    def add(self, losses: list[torch.Tensor], counted: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
-        """One iteration: its losses join the window unless it was counted as non-finite."""
-        v = self.values
-        kept = ~counted
-        v[:4] += torch.where(kept, torch.stack(losses).detach().double(), 0.0)
-        v[self.N_OK] += kept.double()
-        v[self.TOTAL] += counted.double()
-        v[self.IN_A_ROW] = torch.where(counted, v[self.IN_A_ROW] + 1, 0.0)
-        v[self.WORST_RUN] = torch.maximum(v[self.WORST_RUN], v[self.IN_A_ROW])
-        if grad_norm is not None:
-            v[self.GRAD_NORM] = torch.where(kept, grad_norm.double(), v[self.GRAD_NORM])
-
-    def read(self, info: DistInfo) -> list[float]:
-        """Everything as floats, the loss sums summed over ranks (the flags are already global)."""
-        window = self.values[:5].clone()
-        if info.enabled:
-            dist.all_reduce(window)
-        return torch.cat([window, self.values[5:]]).tolist()
-
-    def next_window(self) -> None:
-        self.values[:4] = 0.0
-        self.values[self.N_OK] = 0.0
-        self.values[self.WORST_RUN] = self.values[self.IN_A_ROW]
-
-    def counters(self) -> dict:
-        return {"nonfinite_total": int(self.values[self.TOTAL]), "nonfinite_in_a_row": int(self.values[self.IN_A_ROW])}
-
-    def restore(self, counters: dict) -> None:
-        self.values[self.TOTAL] = float(counters.get("nonfinite_total", 0))
-        self.values[self.IN_A_ROW] = self.values[self.WORST_RUN] = float(counters.get("nonfinite_in_a_row", 0))
 
 
 class DivergedError(UsageError, FloatingPointError):
@@ -372,7 +130,7 @@ class Pretrainer:
         self._build_networks()
         self.checked = self._selfcheck(say)
         self.log = RunLog(args.log_dir or self.out_dir, enabled=info.is_main, total=self.stop_iter)
-        self.state, self.stats = TrainState(), StepStats(self.device)
+        self.state, self.stats = TrainState(), StepStats(LOSSES, self.device)
         self.last_saved = -1
         self.window_start, self.window_images = time.perf_counter(), 0
         if resume is not None:
@@ -381,7 +139,15 @@ class Pretrainer:
     def _build_data(self, say) -> None:
         args, info = self.args, self.info
         roots = _data_roots(args, info)
-        self.mean_std = _mean_std(args, roots, info, say)
+        if args.normalize_from_IMN:
+            self.mean_std = IMAGENET_MEAN_STD
+        else:  # computed by the main process, kept in the output folder for resumed runs and fine-tuning
+            if info.is_main:
+                cached_mean_std(self.out_dir / MEAN_STD_FILE, roots, args.input_size, args.mean_std_samples,
+                                num_workers=args.num_workers, seed=args.seed, say=say)
+            barrier(info)
+            self.mean_std = cached_mean_std(self.out_dir / MEAN_STD_FILE, roots, args.input_size,
+                                            args.mean_std_samples, reuse_only=True)
         self.data = build_train_data(args, roots, self.mean_std, rank=info.rank, world_size=info.world_size,
                                      device=self.device)
         if self.data.iters_per_epoch < 1:
@@ -613,26 +379,22 @@ class Pretrainer:
 
     def _log(self, epoch: int) -> None:
         """The one place the loop reads numbers back from the device: one transfer per log row."""
-        s = StepStats
-        values = self.stats.read(self.info)
-        n_ok = values[s.N_OK]
-        means = [values[k] / n_ok if n_ok else float("nan") for k in range(4)]
+        stats = self.stats.read(self.info)
+        worst_run = stats.pop("worst_run")
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
         iters = (self.state.iteration - 1) % self.args.log_every + 1
-        grad_norm = values[s.GRAD_NORM]
-        row = dict(zip(s.LOSSES, means), epoch=epoch, lr=self.optimizer.param_groups[0]["lr"],
+        row = dict(stats, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"],
                    momentum=ema_momentum(self.state.iteration - 1, base_momentum=self.args.t_momentum,
                                          total_iters=self.total_iters),
                    img_per_s=self.window_images / elapsed, s_per_it=elapsed / iters,
-                   grad_norm=None if grad_norm != grad_norm else grad_norm,
-                   nonfinite_total=int(values[s.TOTAL]), skipped_images=self.state.skipped_images)
+                   skipped_images=self.state.skipped_images)
         self.log.record("train", self.state.iteration, **row)
-        self.log.progress(iters, loss=means[0], img_s=row["img_per_s"], lr=row["lr"])
-        if values[s.WORST_RUN] >= self.args.max_nonfinite:
+        self.log.progress(iters, loss=row["loss"], img_s=row["img_per_s"], lr=row["lr"])
+        if worst_run >= self.args.max_nonfinite:
             raise DivergedError(
-                f"{int(values[s.WORST_RUN])} non-finite losses or gradients in a row (by iteration "
-                f"{self.state.iteration}); the run is diverging. Lower --blr, use --precision bf16/fp32, "
-                f"or resume from an earlier checkpoint.")
+                f"{worst_run} non-finite losses or gradients in a row (by iteration {self.state.iteration}); "
+                f"the run is diverging. Lower --blr, use --precision bf16/fp32, or resume from an earlier "
+                f"checkpoint.")
         self.stats.next_window()
         self.window_start, self.window_images = time.perf_counter(), 0
 
@@ -658,8 +420,8 @@ class Pretrainer:
                 self.log.message(f"stopped by signal at iteration {self.state.iteration}; "
                                  "continue with --resume auto")
             elif self.state.iteration > 0:
-                _final_pictures(self.args, self.online, self.data.dataset, self.device, self.mean_std,
-                                self.out_dir, self.log)
+                final_pictures(self.args, self.online, self.data.dataset, self.device, self.mean_std,
+                               self.out_dir, self.log)
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return summary
 
@@ -671,33 +433,6 @@ def _optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.
         return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), foreach=True)
-
-
-@torch.no_grad()
-def _final_pictures(args, online, dataset, device, mean_std, out_dir: Path, log: RunLog) -> None:
-    from .plots import plot_loss_curves, plot_reconstructions
-
-    log_path = Path(args.log_dir or out_dir) / "log.jsonl"
-    if log_path.is_file():
-        plot_loss_curves(log_path, out_dir / "loss_curves.png")
-    samples = [dataset[i] for i in range(min(6, len(dataset)))]
-    batch = collate_faces(samples)
-    if batch["images"].shape[0] == 0:
-        return
-    images = batch["images"].to(device)
-    parsing = batch["parsing"].to(device)
-    p = online.patch_size
-    img_mask, fr_mask = ops.crfrp_mask(parsing, patch_size=p, mask_ratio=args.mask_ratio,
-                                       strategy=args.mask_strategy, region="image",
-                                       seed=args.seed + 1, offset=0)
-    online.eval()
-    pred = online(images, img_mask, fr_mask).pred.float()
-    if args.norm_pix_loss:  # back from per-patch normalised space to the input's
-        target = ops.patchify(images.float(), p)
-        pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6).sqrt() + target.mean(dim=-1, keepdim=True)
-    recon = ops.unpatchify(pred, p, images.shape[2], images.shape[3])
-    plot_reconstructions(images, img_mask, fr_mask, recon, *mean_std, p, out_dir / "reconstructions.png")
-    log.message(f"wrote {out_dir / 'loss_curves.png'} and {out_dir / 'reconstructions.png'}")
 
 
 def main(argv: list[str] | None = None) -> int:

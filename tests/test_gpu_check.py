@@ -37,6 +37,7 @@ def test_dry_run_passes_every_step(tmp_path):
     for heading in ("### bench_crfrp_mask", "### bench_ops", "### bench_step", "### bench_data"):
         assert heading in table
     assert "| bench_step | PASS |" in table and "benchmarks/bench_step.py --quick" in table
+    assert "Self-check of each kernel against the reference: crfrp_mask (cpu) ok" in table
 
 
 def test_steps_past_the_budget_are_reported_not_run(tmp_path):

@@ -100,7 +100,9 @@ def test_keep_last_and_corrupt_checkpoint_is_named(tmp_path):
 
 
 def _trainer(data: Path, out: Path, *extra: str) -> pretrain.Pretrainer:
-    return pretrain.Pretrainer(pretrain.parse_args(_argv(data, out, *extra)), pretrain.DistInfo())
+    # ImageNet statistics: these tests drive the step directly and need no pass over the data
+    argv = _argv(data, out, "--normalize_from_IMN", *extra)
+    return pretrain.Pretrainer(pretrain.parse_args(argv), pretrain.DistInfo())
 
 
 def _batch(trainer, n: int = 2, value: float | None = None) -> dict:

@@ -17,6 +17,8 @@ start_index)`` then ``iter(loader)``, sharded by (rank, world_size), seeded by `
 from __future__ import annotations
 
 import bisect
+import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,29 @@ def dataset_mean_std(paths, input_size: int, max_samples: int = 0, num_workers: 
         return combined_mean_std(shards)
     dataset = face_dataset(folders + shards, input_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     return pixel_mean_std(dataset, max_samples, num_workers=num_workers, seed=seed)
+
+
+def cached_mean_std(path, paths, input_size: int, max_samples: int = 0, num_workers: int = 0, seed: int = 0,
+                    say=print, reuse_only: bool = False) -> tuple[list[float], list[float]]:
+    """``dataset_mean_std``, kept in ``path`` (one JSON line: mean, std and what they were computed
+    from). A file computed from other data paths, input size or sample count is recomputed, and
+    ``say`` tells so; ``reuse_only`` reads the file without computing (ranks other than the main one)."""
+    path = Path(path)
+    source = {"data_paths": [str(Path(p).resolve()) for p in paths], "input_size": int(input_size),
+              "mean_std_samples": int(max_samples)}
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        cached = None
+    if reuse_only or (isinstance(cached, dict) and {k: cached.get(k) for k in source} == source):
+        return cached["mean"], cached["std"]
+    if isinstance(cached, dict):
+        say(f"{path} was computed for {({k: cached.get(k) for k in source})}; recomputing for this run's data")
+    mean, std = dataset_mean_std(paths, input_size, max_samples=max_samples, num_workers=num_workers, seed=seed)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"mean": mean, "std": std, **source}) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return mean, std
 
 
 class DeviceBatches:
