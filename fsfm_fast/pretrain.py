@@ -132,7 +132,7 @@ class Pretrainer:
         self.log = RunLog(args.log_dir or self.out_dir, enabled=info.is_main, total=self.stop_iter)
         self.state, self.stats = TrainState(), StepStats(LOSSES, self.device)
         self.last_saved = -1
-        self.window_start, self.window_images = time.perf_counter(), 0
+        self.window_start, self.window_images, self.window_iters = time.perf_counter(), 0, 0
         if resume is not None:
             self._resume(*resume)
 
@@ -373,6 +373,7 @@ class Pretrainer:
         if losses is not None:
             self.stats.add(losses, counted, grad_norm)
         state.iteration += 1
+        self.window_iters += 1
         self.window_images += batch["images"].shape[0] * self.info.world_size
         if state.iteration % self.args.log_every == 0 or state.iteration in (1, self.stop_iter):
             self._log(epoch)
@@ -382,7 +383,7 @@ class Pretrainer:
         stats = self.stats.read(self.info)
         worst_run = stats.pop("worst_run")
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
-        iters = (self.state.iteration - 1) % self.args.log_every + 1
+        iters = self.window_iters
         row = dict(stats, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"],
                    momentum=ema_momentum(self.state.iteration - 1, base_momentum=self.args.t_momentum,
                                          total_iters=self.total_iters),
@@ -396,7 +397,7 @@ class Pretrainer:
                 f"the run is diverging. Lower --blr, use --precision bf16/fp32, or resume from an earlier "
                 f"checkpoint.")
         self.stats.next_window()
-        self.window_start, self.window_images = time.perf_counter(), 0
+        self.window_start, self.window_images, self.window_iters = time.perf_counter(), 0, 0
 
     def save(self) -> None:
         if self.state.iteration == self.last_saved:
