@@ -1,0 +1,186 @@
+"""A LaPa-11 face parser built from dlib's 68 landmarks, for machines without a neural face parser.
+
+Parts with landmarks are polygons: brows (a band around the 5 brow points), eyes (6-point outlines),
+nose (bridge to nostrils), upper lip, inner mouth and lower lip (outer and inner lip outlines). Skin is
+the jaw line closed over the forehead, up to an estimate of the top of the skull. Hair and background
+have no landmarks; they are guessed from colour and position:
+
+1. GrabCut (OpenCV) separates the person from the background, seeded with the face (sure person), a
+   head-shaped region around it (probably person) and the crop's border (probably background).
+2. A Gaussian colour model of the cheeks says which pixels look like skin.
+3. Person pixels that do not look like skin are hair; inside the face outline they are hair only above
+   the brows (a fringe), elsewhere everywhere (the hair around the head, long hair over the shoulders;
+   clothes are misread as hair). Person pixels that look like skin outside the face are skin (neck, ears).
+
+How good this is, measured against the synthetic generator's exact labels, is in
+``benchmarks/RESULTS.md``: the landmark parts are close, hair and background are rough. FaRL's parser
+(``--parser farl``) is the reference.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .faces import Box, implied_box
+from .landmarks import landmarks68
+
+NAME = "landmark68"
+(BACKGROUND, SKIN, LEFT_BROW, RIGHT_BROW, LEFT_EYE, RIGHT_EYE, NOSE,
+ UPPER_LIP, INNER_MOUTH, LOWER_LIP, HAIR) = range(11)
+
+_JAW = list(range(0, 17))
+_BROW_IMAGE_LEFT, _BROW_IMAGE_RIGHT = list(range(17, 22)), list(range(22, 27))
+_EYE_IMAGE_LEFT, _EYE_IMAGE_RIGHT = list(range(36, 42)), list(range(42, 48))
+_UPPER_LIP = [48, 49, 50, 51, 52, 53, 54, 64, 63, 62, 61, 60]
+_LOWER_LIP = [54, 55, 56, 57, 58, 59, 48, 60, 67, 66, 65, 64]
+_INNER_MOUTH = list(range(60, 68))
+_SKULL = 0.62        # forehead height above the brows, as a fraction of the brow-to-chin distance
+_BROW_THICKNESS = 0.12  # brow band, as a fraction of the distance between the eye centres
+_SKIN_SIGMA = 4.0    # Mahalanobis radius of "looks like skin"
+
+
+def _cv2():
+    import cv2
+    return cv2
+
+
+def _fill(mask: np.ndarray, points: np.ndarray, value: int = 1) -> None:
+    _cv2().fillPoly(mask, [np.round(points * 4).astype(np.int32)], value, lineType=_cv2().LINE_8, shift=2)
+
+
+def _brow_band(p: np.ndarray, idx: list[int], thickness: float, up: np.ndarray) -> np.ndarray:
+    line = p[idx]
+    # the 5 points follow the brow's upper edge; the band hangs below them
+    return np.concatenate([line + up * thickness * 0.25, (line - up * thickness * 0.75)[::-1]])
+
+
+def _head_outline(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the face outline: jaw closed over the forehead, the up direction of the face)."""
+    brow_mid = p[17:27].mean(0)
+    chin = p[8]
+    up = brow_mid - chin
+    height = float(np.linalg.norm(up)) + 1e-6
+    up = up / height
+    jaw = p[_JAW]
+    # forehead: an arc from the jaw's top ends up over the brows to the top of the skull
+    left, right = jaw[0], jaw[-1]
+    centre = (left + right) / 2
+    half = (right - left) / 2
+    top = brow_mid + up * _SKULL * height
+    lift = top - centre
+    angles = np.linspace(0.0, np.pi, 15)[1:-1]
+    arc = centre + np.outer(np.cos(angles), half) + np.outer(np.sin(angles), lift)
+    return np.concatenate([jaw, arc]), up
+
+
+def _skin_likeness(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """Mahalanobis distance of every pixel to the colour of ``mask``'s pixels, or None if too few."""
+    samples = image[mask].astype(np.float64)
+    if len(samples) < 20:
+        return None
+    mean = samples.mean(0)
+    cov = np.cov(samples.T) + np.eye(3) * 4.0
+    diff = image.reshape(-1, 3).astype(np.float64) - mean
+    d2 = np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff)
+    return np.sqrt(d2).reshape(image.shape[:2])
+
+
+def _person(image: np.ndarray, face: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Person-vs-background mask by GrabCut, run at half resolution (4x faster, edges barely move)."""
+    cv2 = _cv2()
+    full = face.shape
+    image, face, head = image[::2, ::2], face[::2, ::2], head[::2, ::2]
+    h, w = face.shape
+    mask = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
+    grown = cv2.dilate(head, np.ones((5, 5), np.uint8), iterations=max(1, h // 32))
+    mask[grown > 0] = cv2.GC_PR_FGD
+    mask[face > 0] = cv2.GC_FGD
+    border = max(2, h // 48)
+    frame = np.zeros((h, w), bool)
+    frame[:border], frame[-border:], frame[:, :border], frame[:, -border:] = True, True, True, True
+    mask[frame & (mask == cv2.GC_PR_BGD)] = cv2.GC_BGD
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)
+    try:
+        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), mask, None, bgd, fgd, 3, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # a degenerate seed (all one class): keep the seed itself
+        pass
+    person = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
+    return cv2.resize(person, (full[1], full[0]), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def parse_from_landmarks(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
+    """LaPa-11 labels ``[H, W]`` uint8 for an RGB uint8 image and its 68 landmarks."""
+    h, w = image.shape[:2]
+    p = np.asarray(points68, np.float32)
+    outline, up = _head_outline(p)
+    eye_dist = float(np.linalg.norm(p[36:42].mean(0) - p[42:48].mean(0))) + 1e-6
+
+    head = np.zeros((h, w), np.uint8)
+    _fill(head, outline)
+    # the sure-face seed: the jaw-and-brows hull shrunk a little, below the forehead's hairline risk
+    core = np.zeros((h, w), np.uint8)
+    _fill(core, np.concatenate([p[1:16], p[26:16:-1]]))
+    core = _cv2().erode(core, np.ones((5, 5), np.uint8))
+
+    cheeks = np.zeros((h, w), np.uint8)
+    for a, b, c, d in ((1, 4, 48, 31), (15, 12, 54, 35)):
+        _fill(cheeks, np.stack([p[a], p[b], p[c], p[d], (p[a] + p[d]) / 2 + (p[36 if a == 1 else 45] - p[a]) * 0.5]))
+    distance = _skin_likeness(image, cheeks > 0)
+    skin_like = distance < _SKIN_SIGMA if distance is not None else head > 0
+
+    neck = np.zeros((h, w), np.uint8)  # below the jaw: probably person (neck, long hair, shoulders)
+    _fill(neck, np.concatenate([p[4:13], p[12:3:-1] - up * eye_dist * 1.2]))
+    person = _person(image, core, head | neck)
+    labels = np.zeros((h, w), np.uint8)
+    above_brows = _above_line(h, w, p[17:27].mean(0) - up * 0.02 * eye_dist, up)
+    in_head = head > 0
+    hair = (person & ~skin_like).astype(np.uint8)
+    hair = _cv2().morphologyEx(hair, _cv2().MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0  # lone pixels: noise
+    labels[hair] = HAIR
+    labels[in_head & ~(~skin_like & above_brows)] = SKIN  # in the face, non-skin colours are hair only up top
+    labels[person & skin_like & ~in_head] = SKIN           # neck, ears
+
+    bands = np.zeros((h, w), np.uint8)
+    for label, idx in ((RIGHT_BROW, _BROW_IMAGE_LEFT), (LEFT_BROW, _BROW_IMAGE_RIGHT)):
+        _fill(bands, _brow_band(p, idx, _BROW_THICKNESS * eye_dist, up), label)
+    _fill(bands, _nose_outline(p, eye_dist), NOSE)
+    for label, idx in ((RIGHT_EYE, _EYE_IMAGE_LEFT), (LEFT_EYE, _EYE_IMAGE_RIGHT),
+                       (UPPER_LIP, _UPPER_LIP), (LOWER_LIP, _LOWER_LIP), (INNER_MOUTH, _INNER_MOUTH)):
+        _fill(bands, p[idx], label)
+    labels[bands > 0] = bands[bands > 0]
+    return labels
+
+
+def _above_line(h: int, w: int, point: np.ndarray, up: np.ndarray) -> np.ndarray:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    return (xs - point[0]) * up[0] + (ys - point[1]) * up[1] > 0
+
+
+def _nose_outline(p: np.ndarray, eye_dist: float) -> np.ndarray:
+    """Bridge (27) down to the nostrils (31-35), a little wider than the points at the wings."""
+    axis = p[33] - p[27]
+    across = np.array([axis[1], -axis[0]]) / (np.linalg.norm(axis) + 1e-6)
+    top_half = 0.04 * eye_dist
+    wing = 0.03 * eye_dist
+    left_wing, right_wing = p[31] - across * wing, p[35] + across * wing
+    if np.dot(p[35] - p[31], across) < 0:  # ``across`` points to the image's left
+        left_wing, right_wing = p[31] + across * wing, p[35] - across * wing
+    return np.stack([p[27] - across * top_half, p[27] + across * top_half, right_wing,
+                     p[34], p[33], p[32], left_wing])
+
+
+class LandmarkParser:
+    """LaPa-11 parsing of a face crop from dlib's 68 landmarks; see the module notes for its limits."""
+
+    name = NAME
+
+    def __init__(self, crop_scale: float = 1.3):
+        self.crop_scale = crop_scale
+
+    def landmarks(self, crop: np.ndarray, box: Box | None = None) -> np.ndarray:
+        return landmarks68(crop, box if box is not None else implied_box(crop.shape[0], self.crop_scale))
+
+    def parse(self, crop: np.ndarray, box: Box | None = None) -> np.ndarray:
+        """Labels for one crop; ``box``: the face box in crop coordinates (default: the central
+        1/crop_scale of the crop, where ``crop_face`` puts an unclipped face)."""
+        return parse_from_landmarks(crop, self.landmarks(crop, box))
