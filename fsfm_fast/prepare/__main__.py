@@ -25,6 +25,7 @@ from .splits import SPLITS, official_split, random_split, read_ffpp_splits, vide
 
 PROG = "fsfm_fast.prepare"
 COMMANDS = ("frames", "faces", "parse", "pretrain-set", "finetune-set", "demo")
+DEMO_VIDEOS, DEMO_FRAMES = 6, 24  # 6 real and 3 face-swapped videos of 24 frames
 
 
 def _common(p, *, detect: bool, parse: bool, frames: bool) -> None:
@@ -83,7 +84,7 @@ def get_args_parser():
     p = sub.add_parser("demo", help="synthetic videos -> fine-tuning folder and pretraining shards", allow_abbrev=False)
     p.add_argument("--out", type=Path, default=Path("output_prepare_demo"), help="output folder")
     p.add_argument("--workers", type=int, default=0, help="processes (default: every available CPU)")
-    p.add_argument("--videos", type=int, default=6, help="real synthetic videos (and half as many fakes)")
+    p.add_argument("--videos", type=int, default=DEMO_VIDEOS, help="real synthetic videos (and half as many fakes)")
     return parser
 
 
@@ -253,7 +254,7 @@ def command_demo(args) -> dict:
     cli.ensure_writable_dir(args.out, "--out")
     start = time.perf_counter()
     videos = args.out / "videos"
-    write_synthetic_videos(videos, num_videos=args.videos, num_fakes=max(args.videos // 2, 1), num_frames=24)
+    write_synthetic_videos(videos, num_videos=args.videos, num_fakes=max(args.videos // 2, 1), num_frames=DEMO_FRAMES)
     parser = get_args_parser()
     common = ["--workers", str(args.workers)]
     finetune = parser.parse_args(["finetune-set", "--input", str(videos), "--out", str(args.out / "finetune"),

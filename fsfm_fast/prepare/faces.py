@@ -15,6 +15,7 @@ to the image (so a face at the border gives a smaller, possibly non-square, regi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -120,8 +121,8 @@ def crop_region(box: Box, width: int, height: int, scale: float = CROP_SCALE) ->
     clipped to a ``width`` x ``height`` image; never empty for a box that overlaps the image."""
     side = scale * max(box.width, box.height)
     cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    x1, y1 = int(round(cx + side / 2)), int(round(cy + side / 2))
+    x0, y0 = math.floor(cx - side / 2 + 0.5), math.floor(cy - side / 2 + 0.5)  # half-way rounds up
+    x1, y1 = math.floor(cx + side / 2 + 0.5), math.floor(cy + side / 2 + 0.5)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"face box {box.as_list()} lies outside the {width}x{height} image")

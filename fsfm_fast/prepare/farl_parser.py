@@ -12,6 +12,7 @@ or a tuple whose first item they are (the released file returns ``(logits, featu
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,9 @@ def load_torchscript(path, device) -> torch.jit.ScriptModule:
         raise FileNotFoundError(f"--parser_weights {path}: no such file (FaRL's LaPa parser as TorchScript, "
                                 "face_parsing.farl.lapa.main_ema_136500_jit191.pt)")
     try:
-        net = torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format FaRL released
+            warnings.simplefilter("ignore", FutureWarning)
+            net = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as exc:
         raise ValueError(f"--parser_weights {path}: not a TorchScript file ({str(exc).splitlines()[0]})") from None
     return net.eval()

@@ -194,6 +194,16 @@ def read_journals(out: Path) -> dict[str, dict]:
     return done
 
 
+def _open_journal(path: Path):
+    """Append to a journal, starting on a fresh line if a kill cut the last one short."""
+    fh = path.open("a+", encoding="utf-8")
+    if fh.tell() > 0:
+        fh.seek(fh.tell() - 1)
+        if fh.read(1) != "\n":
+            fh.write("\n")
+    return fh
+
+
 def check_settings(out: Path, plan: Plan) -> None:
     """The first run of an output folder records its settings; a later run with others is refused,
     since it would mix two kinds of crops or labels in one dataset."""
@@ -272,7 +282,7 @@ def run(plan: Plan, inputs: list[Input], *, workers: int = 0, num_shards: int = 
         log.message(f"resuming: {len(mine) - len(todo)} of {len(mine)} inputs of this shard are done")
     n_proc = min(_workers(workers), max(len(todo), 1))
     start, frames, stopped = time.perf_counter(), 0, False
-    with StopSignal() as stop, journal.open("a", encoding="utf-8") as fh:
+    with StopSignal() as stop, _open_journal(journal) as fh:
         for entry in _results(plan, todo, n_proc, stop):
             fh.write(json.dumps(entry) + "\n")
             fh.flush()
