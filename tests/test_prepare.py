@@ -246,7 +246,7 @@ def test_bad_inputs_are_listed_and_the_run_goes_on(tmp_path, mixed_inputs):
     rows = _skipped(out)
     reasons = {Path(sample).name: reason for _, sample, reason in rows}
     assert set(reasons) == {"corrupt.mp4", "empty.mp4", "notes.txt", "broken.png", "noface"}, rows
-    assert "no face" in reasons["noface"] and "not an image or a video" in reasons["notes.txt"]
+    assert "no face" in reasons["noface"] and "not a video or an image" in reasons["notes.txt"]
     assert "not a readable image" in reasons["broken.png"]
     crops = sorted(p.stem for p in out.glob("*.png"))
     assert crops == ["still"] + [f"synth_video_00{v}_frame_{i}" for v in (0, 1) for i in (0, 11, 23)]
@@ -350,3 +350,21 @@ def test_ffpp_split_files_keep_pairs_together(tmp_path):
     (tmp_path / "val.json").write_text(json.dumps([["071", "009"]]))
     with pytest.raises(ValueError, match="also listed"):
         read_ffpp_splits(tmp_path)
+
+
+def test_finetune_set_follows_split_files_and_lists_unlisted_videos(tmp_path, demo_videos):
+    (tmp_path / "splits").mkdir()
+    for split, pairs in (("train", [["071", "054"]]), ("val", [["001", "002"]]), ("test", [["003", "004"]])):
+        (tmp_path / "splits" / f"{split}.json").write_text(json.dumps(pairs))
+    for cls, name, src in (("youtube", "071", "real/synth_video_000"), ("youtube", "999", "real/synth_video_001"),
+                           ("Deepfakes", "071_054", "fake/synth_swap_000"), ("Deepfakes", "003_004", "fake/synth_swap_001")):
+        (tmp_path / cls).mkdir(exist_ok=True)
+        shutil.copy(demo_videos / f"{src}.mp4", tmp_path / cls / f"{name}.mp4")
+    out = tmp_path / "out"
+    assert _run_cli("finetune-set", "--source", f"youtube={tmp_path / 'youtube'}", "--source",
+                    f"Deepfakes={tmp_path / 'Deepfakes'}", "--splits", tmp_path / "splits", "--out", out,
+                    "--num_frames", 1, "--workers", 1) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.glob("*/*/*.png")) == [
+        "test/Deepfakes/003_004_frame_0.png", "train/Deepfakes/071_054_frame_0.png", "train/youtube/071_frame_0.png"]
+    rows = _skipped(out)
+    assert [(Path(r[1]).name, r[2]) for r in rows] == [("999.mp4", "not listed in any split file")]

@@ -21,7 +21,7 @@ from .. import cli
 from .faces import CROP_SCALE, CROP_SIZE, DETECTORS
 from .inputs import IMAGE, VIDEO, Input, scan
 from .runner import MANIFEST, PARSERS, Plan, run
-from .splits import SPLITS, official_split, random_split, read_ffpp_splits, video_id
+from .splits import official_split, random_split, read_ffpp_splits, video_id
 
 PROG = "fsfm_fast.prepare"
 COMMANDS = ("frames", "faces", "parse", "pretrain-set", "finetune-set", "demo")
@@ -74,7 +74,7 @@ def get_args_parser():
     p = sub.add_parser("finetune-set", help="class folders -> {train,val,test}/<class>/", allow_abbrev=False)
     p.add_argument("--input", type=Path, default=None, help="a folder whose subfolders are the classes")
     p.add_argument("--source", action="append", default=[], metavar="CLASS=PATH",
-                   help="a class folder name and the folder of its videos/images (repeat per class)")
+                   help="a class folder name and a folder of its videos/images (repeatable; a class may have several)")
     p.add_argument("--splits", type=Path, default=None,
                    help="folder with FaceForensics++'s train.json, val.json, test.json")
     p.add_argument("--val_fraction", type=float, default=0.1, help="without --splits: videos per class for val")
@@ -100,6 +100,8 @@ def check_args(args) -> None:
         raise cli.UsageError(f"--workers must be >= 0, got {args.workers}")
     if getattr(args, "num_frames", 1) < 1:
         raise cli.UsageError(f"--num_frames must be >= 1, got {args.num_frames}")
+    if getattr(args, "decode_device", "cpu") == "cuda" and not _cuda():
+        raise cli.UsageError("--decode_device cuda: no CUDA device here")
     if getattr(args, "crop_scale", 1.0) < 1.0:
         raise cli.UsageError(f"--crop_scale must be >= 1, got {args.crop_scale}")
     if not 16 <= getattr(args, "size", 224) <= 4096:
@@ -121,6 +123,10 @@ def check_args(args) -> None:
             raise cli.UsageError(f"--val_fraction/--test_fraction: {exc}") from None
     if getattr(args, "input", None) is not None and not args.input.exists():
         raise cli.UsageError(f"--input {args.input}: no such file or folder")
+    for source in [args.input] if getattr(args, "input", None) is not None else []:
+        if source.is_dir() and args.out.resolve().is_relative_to(source.resolve()):
+            raise cli.UsageError(f"--out {args.out} lies inside --input {source}: a rerun would take the outputs "
+                                 "for inputs; choose an --out outside it")
     cli.ensure_writable_dir(args.out, "--out")
 
 
@@ -138,30 +144,24 @@ def _parse_sources(args) -> list[tuple[str, Path]]:
         if not Path(path).exists():
             raise cli.UsageError(f"--source {spec!r}: {path} does not exist")
         sources.append((name, Path(path)))
-    if len({n for n, _ in sources}) != len(sources):
-        raise cli.UsageError("--source: each class may be given once")
     return sources
 
 
-def assign_splits(inputs: list[Input], args) -> tuple[list[Input], list[Input]]:
-    """(inputs with their split, inputs that no split file lists). Always by video: every frame file of
-    one video id goes with it."""
+def assign_splits(inputs: list[Input], args) -> list[Input]:
+    """The inputs with their split, always by video: every frame file of one video id goes with it.
+    An input that no split file lists keeps an empty split, and the run lists it as skipped."""
     if args.splits is not None:
         try:
             table = read_ffpp_splits(args.splits)
         except ValueError as exc:
             raise cli.UsageError(f"--splits: {exc}") from None
-        kept, unlisted = [], []
-        for x in inputs:
-            split = official_split(x.stem, table)
-            (kept.append(Input(x.path, x.stem, x.kind, x.label, split)) if split else unlisted.append(x))
-        return kept, unlisted
+        return [Input(x.path, x.stem, x.kind, x.label, official_split(x.stem, table) or "") for x in inputs]
     out = []
     for label in sorted({x.label for x in inputs}):
         members = [x for x in inputs if x.label == label]
         table = random_split([video_id(x.stem) for x in members], args.val_fraction, args.test_fraction, args.seed)
         out += [Input(x.path, x.stem, x.kind, x.label, table[video_id(x.stem)]) for x in members]
-    return out, []
+    return out
 
 
 def _describe(args, parse: bool) -> dict:
@@ -180,19 +180,20 @@ def _describe(args, parse: bool) -> dict:
 
 
 def _plan(args, stage: str, image_dir: str, *, detect: bool, parse: bool, map_dir: str | None = None,
-          extra: dict | None = None) -> Plan:
+          extra: dict | None = None, accepts: tuple[str, ...] = (VIDEO, IMAGE)) -> Plan:
     return Plan(stage=stage, out=args.out, image_dir=image_dir, detect=detect,
                 parse=args.parser if parse else None, map_dir=map_dir, num_frames=getattr(args, "num_frames", 1),
                 detector=getattr(args, "detector", "dlib_hog"), crop_scale=getattr(args, "crop_scale", CROP_SCALE),
                 size=getattr(args, "size", CROP_SIZE),
-                hwaccel="cuda" if getattr(args, "decode_device", "cpu") == "cuda" else None, extra=extra or {})
+                hwaccel="cuda" if getattr(args, "decode_device", "cpu") == "cuda" else None, accepts=accepts,
+                extra=extra or {})
 
 
-def _run(args, plan: Plan, inputs: list[Input], parse: bool) -> dict:
+def _run(args, plan: Plan, inputs: list[Input], parse: bool, describe: dict | None = None) -> dict:
     farl = {"weights": args.parser_weights, "device": args.device, "batch_size": args.batch_size} if (
         parse and args.parser == "farl") else None
     return run(plan, inputs, workers=args.workers, num_shards=args.num_shards, shard_index=args.shard_index,
-               describe=_describe(args, parse), farl=farl)
+               describe={**_describe(args, parse), **(describe or {})}, farl=farl)
 
 
 def _shards(args, faces: Path, manifest: dict) -> Path:
@@ -213,7 +214,7 @@ def _shards(args, faces: Path, manifest: dict) -> Path:
 
 
 def command_frames(args) -> dict:
-    plan = _plan(args, "frames", "", detect=False, parse=False)
+    plan = _plan(args, "frames", "", detect=False, parse=False, accepts=(VIDEO,))
     return _run(args, plan, scan(args.input), parse=False)
 
 
@@ -223,8 +224,8 @@ def command_faces(args) -> dict:
 
 
 def command_parse(args) -> dict:
-    plan = _plan(args, "parse", "images", detect=False, parse=True, map_dir="parsing_maps")
-    manifest = _run(args, plan, scan(args.input, kinds=(IMAGE,)), parse=True)
+    plan = _plan(args, "parse", "images", detect=False, parse=True, map_dir="parsing_maps", accepts=(IMAGE,))
+    manifest = _run(args, plan, scan(args.input), parse=True)
     if args.shards and not manifest.get("stopped"):
         _shards(args, args.out, manifest)
     return manifest
@@ -241,12 +242,15 @@ def command_pretrain_set(args) -> dict:
 def command_finetune_set(args) -> dict:
     sources = _parse_sources(args)
     inputs = [x for name, path in sources for x in scan(path, label=name)]
-    inputs, unlisted = assign_splits(inputs, args)
-    extra = {"classes": [n for n, _ in sources], "splits": str(args.splits) if args.splits else
-             {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed},
-             "not_in_split_files": [str(x.path) for x in unlisted][:100] or None}
-    plan = _plan(args, "finetune-set", "{split}/{label}", detect=True, parse=False, extra=extra)
-    return _run(args, plan, inputs, parse=False)
+    seen = {}
+    for x in inputs:  # several sources may feed one class, but not with the same file names
+        if seen.setdefault(x.key, x.path) != x.path:
+            raise cli.UsageError(f"class {x.label}: {seen[x.key]} and {x.path} would both be named {x.stem}")
+    splits = {"splits": str(args.splits.resolve()) if args.splits else
+              {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}}
+    plan = _plan(args, "finetune-set", "{split}/{label}", detect=True, parse=False, extra=splits)
+    sources = {"sources": {name: [str(p) for n, p in sources if n == name] for name, _ in sources}}
+    return _run(args, plan, assign_splits(inputs, args), parse=False, describe=sources)
 
 
 def command_demo(args) -> dict:

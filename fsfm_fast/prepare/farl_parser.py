@@ -116,7 +116,7 @@ class FarlParser:
     @torch.inference_mode()
     def parse_batch(self, images: list[np.ndarray], points5: list[np.ndarray]) -> list[np.ndarray]:
         """Labels ``[H, W]`` uint8 for RGB uint8 images of one size and their ``[5, 2]`` points."""
-        out = []
+        out: list[np.ndarray] = []
         for start in range(0, len(images), self.batch_size):
             out += self._parse(images[start:start + self.batch_size], points5[start:start + self.batch_size])
         return out

@@ -18,7 +18,9 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from .. import cli
 from ..run_log import RunLog
 from ..signals import StopSignal
 from .faces import CROP_SCALE, CROP_SIZE, box_in_crop, crop_face, crop_region, largest_face, make_detector
-from .inputs import IMAGE, OTHER, VIDEO, Input, select_shard
+from .inputs import IMAGE, VIDEO, Input, select_shard
 from .splits import FRAME_MARK
 from .video import VideoError, sample_frames
 
@@ -56,7 +58,8 @@ class Plan:
     crop_scale: float = CROP_SCALE
     size: int = CROP_SIZE
     hwaccel: str | None = None
-    extra: dict = field(default_factory=dict)  # stage options worth recording (splits, sources)
+    accepts: tuple[str, ...] = (VIDEO, IMAGE)  # other inputs are listed as skipped
+    extra: dict = field(default_factory=dict)  # stage options that must not change on resume (splits)
 
     def settings(self) -> dict:
         keep = ("stage", "image_dir", "detect", "parse", "map_dir", "num_frames", "detector", "crop_scale", "size")
@@ -112,11 +115,12 @@ def write_map(path: Path, labels: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _frames_of(item: Input, plan: Plan) -> tuple[list[tuple[str, np.ndarray]], list[list[str]]]:
+def _frames_of(item: Input, plan: Plan) -> list[tuple[str, np.ndarray]]:
+    """``(output name, RGB image)`` of each frame an input gives: N sampled frames or the image itself."""
     if item.kind == VIDEO:
         frames = sample_frames(item.path, plan.num_frames, hwaccel=plan.hwaccel)
-        return [(f"{item.stem}{FRAME_MARK}{i}", image) for i, image in frames], []
-    return [(item.stem, _read_image(item.path))], []
+        return [(f"{item.stem}{FRAME_MARK}{i}", image) for i, image in frames]
+    return [(item.stem, _read_image(item.path))]
 
 
 def _one_frame(name: str, image: np.ndarray, item: Input, plan: Plan, entry: dict) -> None:
@@ -144,7 +148,9 @@ def _one_frame(name: str, image: np.ndarray, item: Input, plan: Plan, entry: dic
         else:
             from .landmarks import five_points
             entry["points"][name] = five_points(points).round(2).tolist()
-    write_png(out_dir / f"{name}.png", crop)
+    target = out_dir / f"{name}.png"
+    if not (item.kind == IMAGE and not plan.detect and target.exists() and target.samefile(item.path)):
+        write_png(target, crop)  # (parse in place: the crop is already there)
     entry["outputs"].append(name)
 
 
@@ -155,9 +161,12 @@ def run_item(item: Input) -> dict:
     entry = {"key": item.key, "kind": item.kind, "label": item.label, "split": item.split,
              "outputs": [], "skipped": [], "points": {}, "frames": 0}
     try:
-        if item.kind == OTHER:
-            raise ValueError(f"not an image or a video (extension {item.path.suffix or 'none'!r})")
-        frames, _ = _frames_of(item, plan)
+        if item.kind not in plan.accepts:
+            wanted = " or ".join(f"an {k}" if k[0] in "aeiou" else f"a {k}" for k in plan.accepts)
+            raise ValueError(f"not {wanted} (extension {item.path.suffix or 'none'!r})")
+        if "{split}" in plan.image_dir and not item.split:
+            raise ValueError("not listed in any split file")
+        frames = _frames_of(item, plan)
         entry["frames"] = len(frames)
         for name, image in frames:
             _one_frame(name, image, item, plan, entry)
@@ -179,19 +188,25 @@ def _journals(out: Path) -> list[Path]:
     return sorted((out / STATE_DIR).glob("journal-*.jsonl"))
 
 
-def read_journals(out: Path) -> dict[str, dict]:
-    """``{input key: its entry}`` over every journal of the output folder (every shard's)."""
-    done = {}
+def journal_entries(out: Path):
+    """Every entry of every journal of the output folder (every shard's), in order; a line a kill cut
+    short is left out (its input is redone)."""
     for path in _journals(out):
         with path.open(encoding="utf-8") as fh:
             for line in fh:
                 try:
                     entry = json.loads(line)
                 except ValueError:
-                    continue  # the line a kill cut short: that input is redone
+                    continue
                 if isinstance(entry, dict) and "key" in entry:
-                    done[entry["key"]] = entry
-    return done
+                    yield entry
+
+
+def read_journals(out: Path) -> dict[str, tuple[int, list, str]]:
+    """``{input key: (outputs, skipped rows, "split/label")}`` of the finished inputs: what the summary
+    needs and no more (a journal over millions of images must fit in memory)."""
+    return {e["key"]: (len(e["outputs"]), e["skipped"], "/".join(p for p in (e.get("split"), e.get("label")) if p))
+            for e in journal_entries(out)}
 
 
 def _open_journal(path: Path):
@@ -238,12 +253,11 @@ def write_summary(out: Path, plan: Plan, inputs: list[Input], describe: dict) ->
     done = read_journals(out)
     rows, outputs, per_class = [], 0, {}
     for key in sorted(done):
-        entry = done[key]
-        rows += [(name, reason) for name, reason in entry["skipped"]]
-        outputs += len(entry["outputs"])
-        where = "/".join(p for p in (entry.get("split"), entry.get("label")) if p)
+        n_outputs, skipped, where = done[key]
+        rows += [(name, reason) for name, reason in skipped]
+        outputs += n_outputs
         if where:
-            per_class[where] = per_class.get(where, 0) + len(entry["outputs"])
+            per_class[where] = per_class.get(where, 0) + n_outputs
     lines = ["step\tsample\treason\n"] + [f"{plan.stage}\t{name}\t{' '.join(str(reason).split())}\n"
                                           for name, reason in rows]
     _write_text_atomic(out / SKIPPED, "".join(lines))
@@ -299,7 +313,7 @@ def run(plan: Plan, inputs: list[Input], *, workers: int = 0, num_shards: int = 
         print(f"stopped by a signal: {out / STATE_DIR} keeps what is done; run the same command again to go on")
         return {"stopped": True}
     if plan.parse == "farl":
-        farl_pass(plan, read_journals(out), **(farl or {}))
+        farl_pass(plan, **(farl or {}))
     return write_summary(out, plan, inputs, describe or {})
 
 
@@ -332,7 +346,7 @@ def _results(plan: Plan, todo: list[Input], n_proc: int, stop: StopSignal):
                 return
 
 
-def farl_pass(plan: Plan, done: dict[str, dict], weights, device: str = "cpu", batch_size: int = 16) -> None:
+def farl_pass(plan: Plan, weights, device: str = "cpu", batch_size: int = 16) -> None:
     """Parse every journaled crop that has no map yet with FaRL, batch by batch on ``device``."""
     from .farl_parser import FarlParser
 
@@ -340,12 +354,21 @@ def farl_pass(plan: Plan, done: dict[str, dict], weights, device: str = "cpu", b
     map_dir = plan.out / plan.map_dir
     map_dir.mkdir(parents=True, exist_ok=True)
     todo = []
-    for entry in done.values():
+    for entry in journal_entries(plan.out):
         image_dir = plan.out / plan.image_dir.format(split=entry.get("split", ""), label=entry.get("label", ""))
         todo += [(image_dir / f"{name}.png", name, np.asarray(points, np.float32))
                  for name, points in entry.get("points", {}).items() if not (map_dir / f"{name}.npy").is_file()]
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        images = [_read_image(path) for path, _, _ in chunk]
-        for (_, name, _), labels in zip(chunk, parser.parse_batch(images, [p for _, _, p in chunk])):
-            write_map(map_dir / f"{name}.npy", labels)
+    def load(job):
+        try:
+            return job, _read_image(job[0])
+        except ValueError as exc:  # a crop removed or damaged since the pool wrote it
+            print(f"farl: skipped {job[0]}: {exc}", file=sys.stderr)
+            return job, None
+
+    with ThreadPoolExecutor(max_workers=8) as readers:  # PNG decoding releases the GIL
+        for start in range(0, len(todo), batch_size):
+            chunk = [(job, image) for job, image in readers.map(load, todo[start:start + batch_size])
+                     if image is not None]
+            labels = parser.parse_batch([image for _, image in chunk], [job[2] for job, _ in chunk])
+            for ((_, name, _), _), one in zip(chunk, labels):
+                write_map(map_dir / f"{name}.npy", one)

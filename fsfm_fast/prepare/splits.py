@@ -54,8 +54,8 @@ def official_split(stem: str, table: dict[str, str]) -> str | None:
 
 def random_split(video_ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
     """``{video id: split}`` for one class: a seeded shuffle cut by the fractions."""
-    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError(f"val/test fractions must be in [0, 1) and sum below 1, got {val_fraction}, {test_fraction}")
+    if not 0 <= val_fraction <= 1 or not 0 <= test_fraction <= 1 or val_fraction + test_fraction > 1:
+        raise ValueError(f"val/test fractions must be in [0, 1] and sum to at most 1, got {val_fraction}, {test_fraction}")
     ids = sorted(set(video_ids))
     order = np.random.default_rng(seed).permutation(len(ids))
     n = len(ids)
@@ -63,7 +63,8 @@ def random_split(video_ids: list[str], val_fraction: float, test_fraction: float
     def count(fraction: float) -> int:
         return 0 if fraction == 0 else max(int(round(fraction * n)), 1 if n >= 3 else 0)
 
-    n_val, n_test = count(val_fraction), count(test_fraction)
+    n_test = count(test_fraction)
+    n_val = min(count(val_fraction), n - n_test)
     split = {}
     for rank, k in enumerate(order):
         split[ids[k]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"

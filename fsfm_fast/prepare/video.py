@@ -52,6 +52,8 @@ def _open(path, hwaccel: str | None):
     try:
         container = av.open(str(path), **options)
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        if hwaccel is not None:  # no usable GPU decoder here: decode on the CPU instead
+            return _open(path, None)
         raise VideoError(f"unreadable video ({exc})") from None
     if not container.streams.video:
         container.close()
