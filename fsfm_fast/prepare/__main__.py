@@ -30,7 +30,7 @@ DEMO_VIDEOS, DEMO_FRAMES = 6, 24  # 6 real and 3 face-swapped videos of 24 frame
 
 def _common(p, *, detect: bool, parse: bool, frames: bool) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: every available CPU)")
+    p.add_argument("--workers", type=int, default=0, help="processes; 0: every available CPU")
     p.add_argument("--num_shards", type=int, default=1, help="split the inputs into this many parts ...")
     p.add_argument("--shard_index", type=int, default=0, help="... and process this one (0-based)")
     if frames:
@@ -45,7 +45,7 @@ def _common(p, *, detect: bool, parse: bool, frames: bool) -> None:
         p.add_argument("--parser", choices=PARSERS, default="landmark",
                        help="landmark: dlib 68 points -> LaPa-11 polygons (offline default); farl: FaRL's LaPa parser")
         p.add_argument("--parser_weights", type=Path, default=None, help="FaRL LaPa TorchScript file (--parser farl)")
-        p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="device of the FaRL parser")
+        p.add_argument("--device", default="auto", help="device of the FaRL parser (auto: cuda when there is one)")
         p.add_argument("--batch_size", type=int, default=16, help="faces per FaRL batch")
 
 
@@ -57,21 +57,22 @@ def _cuda() -> bool:
 def get_args_parser():
     parser = cli.argument_parser(PROG, __doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    p = sub.add_parser("frames", help="videos -> frames", allow_abbrev=False)
+    style = {"allow_abbrev": False, "formatter_class": parser.formatter_class}
+    p = sub.add_parser("frames", help="videos -> frames", **style)
     p.add_argument("--input", type=Path, required=True, help="a video or a folder of videos (searched recursively)")
     _common(p, detect=False, parse=False, frames=True)
-    p = sub.add_parser("faces", help="images/videos -> face crops", allow_abbrev=False)
+    p = sub.add_parser("faces", help="images/videos -> face crops", **style)
     p.add_argument("--input", type=Path, required=True, help="a folder of images or videos (searched recursively)")
     _common(p, detect=True, parse=False, frames=True)
-    p = sub.add_parser("parse", help="face crops -> parsing maps", allow_abbrev=False)
+    p = sub.add_parser("parse", help="face crops -> parsing maps", **style)
     p.add_argument("--input", type=Path, required=True, help="a folder of face crops (e.g. faces' output)")
     p.add_argument("--shards", action="store_true", help="also write WebDataset shards to <out>/shards")
     _common(p, detect=False, parse=True, frames=False)
-    p = sub.add_parser("pretrain-set", help="videos/images -> pretraining layout or shards", allow_abbrev=False)
+    p = sub.add_parser("pretrain-set", help="videos/images -> pretraining layout or shards", **style)
     p.add_argument("--input", type=Path, required=True, help="a folder of videos and/or images of real faces")
     p.add_argument("--shards", action="store_true", help="also write WebDataset shards to <out>/shards")
     _common(p, detect=True, parse=True, frames=True)
-    p = sub.add_parser("finetune-set", help="class folders -> {train,val,test}/<class>/", allow_abbrev=False)
+    p = sub.add_parser("finetune-set", help="class folders -> {train,val,test}/<class>/", **style)
     p.add_argument("--input", type=Path, default=None, help="a folder whose subfolders are the classes")
     p.add_argument("--source", action="append", default=[], metavar="CLASS=PATH",
                    help="a class folder name and a folder of its videos/images (repeatable; a class may have several)")
@@ -81,15 +82,36 @@ def get_args_parser():
     p.add_argument("--test_fraction", type=float, default=0.1, help="without --splits: videos per class for test")
     p.add_argument("--seed", type=int, default=0, help="seed of the split without --splits")
     _common(p, detect=True, parse=False, frames=True)
-    p = sub.add_parser("demo", help="synthetic videos -> fine-tuning folder and pretraining shards", allow_abbrev=False)
+    p = sub.add_parser("demo", help="synthetic videos -> fine-tuning folder and pretraining shards", **style)
     p.add_argument("--out", type=Path, default=Path("output_prepare_demo"), help="output folder")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: every available CPU)")
+    p.add_argument("--workers", type=int, default=0, help="processes; 0: every available CPU")
     p.add_argument("--videos", type=int, default=DEMO_VIDEOS, help="real synthetic videos (and half as many fakes)")
     return parser
 
 
+def check_dependencies(args) -> None:
+    """The [prepare] extra's libraries, checked before any work: a missing one is a one-line error."""
+    needed = [("av", "PyAV")]
+    if getattr(args, "detector", None) or args.command == "demo":
+        needed.append(("dlib", "dlib-bin"))
+    if getattr(args, "parser", None) or args.command == "demo" or getattr(args, "detector", "") == "opencv_cascade":
+        needed.append(("cv2", "opencv-python-headless<5"))
+    for module, package in needed:
+        try:
+            __import__(module)
+        except ImportError:
+            raise cli.UsageError(f"{package} is not installed: pip install 'fsfm_fast[prepare]'") from None
+    if getattr(args, "parser", None) or args.command == "demo":
+        from .landmarks import model_path
+        try:
+            model_path()
+        except ImportError as exc:
+            raise cli.UsageError(str(exc)) from None
+
+
 def check_args(args) -> None:
     """Every flag is checked before any file is read or written."""
+    check_dependencies(args)
     if args.command == "demo":
         if args.videos < 1:
             raise cli.UsageError(f"--videos must be >= 1, got {args.videos}")
@@ -190,8 +212,10 @@ def _plan(args, stage: str, image_dir: str, *, detect: bool, parse: bool, map_di
 
 
 def _run(args, plan: Plan, inputs: list[Input], parse: bool, describe: dict | None = None) -> dict:
-    farl = {"weights": args.parser_weights, "device": args.device, "batch_size": args.batch_size} if (
-        parse and args.parser == "farl") else None
+    farl = None
+    if parse and args.parser == "farl":
+        device = ("cuda" if _cuda() else "cpu") if args.device == "auto" else args.device
+        farl = {"weights": args.parser_weights, "device": device, "batch_size": args.batch_size}
     return run(plan, inputs, workers=args.workers, num_shards=args.num_shards, shard_index=args.shard_index,
                describe={**_describe(args, parse), **(describe or {})}, farl=farl)
 

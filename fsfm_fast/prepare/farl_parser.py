@@ -115,10 +115,17 @@ class FarlParser:
 
     @torch.inference_mode()
     def parse_batch(self, images: list[np.ndarray], points5: list[np.ndarray]) -> list[np.ndarray]:
-        """Labels ``[H, W]`` uint8 for RGB uint8 images of one size and their ``[5, 2]`` points."""
-        out: list[np.ndarray] = []
-        for start in range(0, len(images), self.batch_size):
-            out += self._parse(images[start:start + self.batch_size], points5[start:start + self.batch_size])
+        """Labels ``[H, W]`` uint8 for RGB uint8 images and their ``[5, 2]`` points; images of one size
+        share batches."""
+        out: list[np.ndarray] = [np.empty(0)] * len(images)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(i)
+        for members in by_shape.values():
+            for start in range(0, len(members), self.batch_size):
+                part = members[start:start + self.batch_size]
+                for i, labels in zip(part, self._parse([images[i] for i in part], [points5[i] for i in part])):
+                    out[i] = labels
         return out
 
     def _parse(self, images, points5) -> list[np.ndarray]:

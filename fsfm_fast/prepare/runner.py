@@ -84,12 +84,9 @@ def _init_worker(plan: Plan, in_pool: bool) -> None:
             pass
     _WORKER["plan"] = plan
     _WORKER["detector"] = make_detector(plan.detector) if plan.detect else None
-    if plan.parse == "landmark":
+    if plan.parse is not None:  # FaRL too: the landmarks give its 5 alignment points
         from .landmark_parser import LandmarkParser
         _WORKER["parser"] = LandmarkParser(plan.crop_scale)
-    elif plan.parse == "farl":
-        from .landmark_parser import LandmarkParser
-        _WORKER["parser"] = LandmarkParser(plan.crop_scale)  # its landmarks give FaRL's 5 points
 
 
 def _read_image(path: Path) -> np.ndarray:
