@@ -19,8 +19,8 @@ from pathlib import Path
 
 from .. import cli
 from .faces import CROP_SCALE, CROP_SIZE, DETECTORS
-from .inputs import IMAGE, VIDEO, Input, scan
-from .runner import MANIFEST, PARSERS, Plan, run
+from .inputs import IMAGE, MANIFEST, VIDEO, Input, scan
+from .runner import PARSERS, Plan, run
 from .splits import official_split, random_split, read_ffpp_splits, video_id
 
 PROG = "fsfm_fast.prepare"

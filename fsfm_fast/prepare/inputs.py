@@ -1,7 +1,8 @@
 """What a prepare run works on: the input files, their output names, and the split of the work.
 
-An input is a video or an image found under a folder (recursively, sorted, hidden files left out);
-any other file is still an input, so that it is listed in ``skipped.tsv`` rather than ignored. Its
+An input is a video or an image found under a folder (recursively, sorted, hidden files left out, and
+the bookkeeping files a prepare stage writes at the top of its output); any other file is still an
+input, so that it is listed in ``skipped.tsv`` rather than ignored. Its
 ``stem`` is its path relative to the folder, without extension, with ``/`` turned into ``__``, so that
 names stay unique in a flat output folder and a frame's video id (the name before ``_frame_``) names
 one video.
@@ -15,6 +16,9 @@ from pathlib import Path
 from .video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# what a prepare stage leaves beside its outputs (RunLog's log.jsonl too): not inputs of the next stage
+MANIFEST, SKIPPED = "dataset.json", "skipped.tsv"
+BOOKKEEPING = (MANIFEST, SKIPPED, "log.jsonl")
 VIDEO, IMAGE, OTHER = "video", "image", "other"
 
 
@@ -48,6 +52,8 @@ def scan(folder, label: str = "", kinds: tuple[str, ...] = (VIDEO, IMAGE, OTHER)
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if len(rel.parts) == 1 and rel.name in BOOKKEEPING:
             continue
         kind = kind_of(path)
         if kind in kinds:

@@ -31,13 +31,11 @@ from .. import cli
 from ..run_log import RunLog
 from ..signals import StopSignal
 from .faces import CROP_SCALE, CROP_SIZE, box_in_crop, crop_face, crop_region, largest_face, make_detector
-from .inputs import IMAGE, VIDEO, Input, select_shard
+from .inputs import IMAGE, MANIFEST, SKIPPED, VIDEO, Input, select_shard
 from .splits import FRAME_MARK
 from .video import VideoError, sample_frames
 
 STATE_DIR = ".prepare"
-MANIFEST = "dataset.json"
-SKIPPED = "skipped.tsv"
 FORMAT = "fsfm_fast.prepare/1"
 PARSERS = ("landmark", "farl")
 _FATAL_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)
@@ -247,7 +245,8 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def write_summary(out: Path, plan: Plan, inputs: list[Input], describe: dict) -> dict:
     """``skipped.tsv`` (stage, sample, reason; the columns of every skipped.tsv) and ``dataset.json``."""
-    done = read_journals(out)
+    wanted = {x.key for x in inputs}  # an earlier run into the same folder may have had other inputs
+    done = {k: v for k, v in read_journals(out).items() if k in wanted}
     rows, outputs, per_class = [], 0, {}
     for key in sorted(done):
         n_outputs, skipped, where = done[key]
@@ -258,10 +257,10 @@ def write_summary(out: Path, plan: Plan, inputs: list[Input], describe: dict) ->
     lines = ["step\tsample\treason\n"] + [f"{plan.stage}\t{name}\t{' '.join(str(reason).split())}\n"
                                           for name, reason in rows]
     _write_text_atomic(out / SKIPPED, "".join(lines))
-    missing = sum(1 for x in inputs if x.key not in done)
+    missing = len(wanted) - len(done)
     manifest = {"format": FORMAT, "stage": plan.stage, **describe,
                 "crop": {"scale": plan.crop_scale, "size": plan.size} if plan.detect else None,
-                "frames_per_video": plan.num_frames,
+                "frames_per_video": plan.num_frames if VIDEO in plan.accepts else None,
                 "inputs": len(inputs), "inputs_done": len(inputs) - missing, "complete": missing == 0,
                 "outputs": outputs, "skipped": len(rows), "outputs_per_split_class": per_class or None,
                 **plan.extra}
