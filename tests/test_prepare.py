@@ -151,8 +151,9 @@ def test_detector_finds_the_face_in_every_demo_frame(demo_videos):
 
 
 def test_landmark_parser_overlaps_the_generator_labels():
-    """Mean IoU over 8 crops. The thresholds sit well below the figures measured over 75 crops
-    (benchmarks/RESULTS.md) and far above chance: a part drawn one part-width off scores ~0."""
+    """IoU over 8 crops against the generator's labels. Each floor is about two thirds of the figure
+    measured over 114 crops (benchmarks/RESULTS.md), room for the spread of an 8-crop sample, while a
+    part drawn one part-width off, or left and right swapped, scores near 0."""
     parser, iou, counts = LandmarkParser(), RegionIoU(), {}
     for sample in synthetic_crops(DlibHogDetector(), range(100, 104), 2, counts=counts):
         labels = parser.parse(sample.crop, sample.box)
@@ -160,8 +161,9 @@ def test_landmark_parser_overlaps_the_generator_labels():
         iou.add(labels, sample.labels)
     assert counts["found"] >= 6
     got = iou.per_region()
-    floors = {"background": 0.6, "skin": 0.7, "left_eye": 0.35, "right_eye": 0.35, "nose": 0.45,
-              "upper_lip": 0.25, "lower_lip": 0.3, "left_brow": 0.15, "right_brow": 0.15, "hair": 0.3}
+    floors = {"background": 0.55, "skin": 0.6, "left_eye": 0.45, "right_eye": 0.45, "nose": 0.45,
+              "upper_lip": 0.3, "inner_mouth": 0.25, "lower_lip": 0.35, "left_brow": 0.28, "right_brow": 0.28,
+              "hair": 0.4}
     low = {k: round(got[k], 3) for k, floor in floors.items() if not got[k] >= floor}
     assert not low, f"IoU below its floor: {low} (all: {got})"
 

@@ -1,9 +1,11 @@
 """A LaPa-11 face parser built from dlib's 68 landmarks, for machines without a neural face parser.
 
-Parts with landmarks are polygons: brows (a band around the 5 brow points), eyes (6-point outlines),
-nose (bridge to nostrils), upper lip, inner mouth and lower lip (outer and inner lip outlines). Skin is
-the jaw line closed over the forehead, up to an estimate of the top of the skull. Hair and background
-have no landmarks; they are guessed from colour and position:
+Parts with landmarks are polygons: nose (bridge to nostrils), upper lip, inner mouth and lower lip
+(outer and inner lip outlines). Brows and eyes are the strokes that are not skin-coloured in a window
+around their points (a band along the 5 brow points, the 6-point eye outline grown a little), since
+those points fit them loosely; where no such stroke is found, the band or outline itself. Skin is the
+jaw line closed over the forehead, up to an estimate of the top of the skull. Hair and background have
+no landmarks; they are guessed from colour and position:
 
 1. GrabCut (OpenCV) separates the person from the background, seeded with the face (sure person), a
    head-shaped region around it (probably person) and the crop's border (probably background).
@@ -16,8 +18,8 @@ have no landmarks; they are guessed from colour and position:
    (neck, ears).
 
 How good this is, measured against the synthetic generator's exact labels, is in
-``benchmarks/RESULTS.md``: skin and background are good, the landmark parts fair (brows are weak: five
-points do not outline them), hair is rough. FaRL's parser (``--parser farl``) is the reference.
+``benchmarks/RESULTS.md``: skin and background are good, eyes and nose fair, lips and brows weaker, hair
+usable on most faces and poor on some. FaRL's parser (``--parser farl``) is the reference.
 """
 from __future__ import annotations
 
@@ -95,7 +97,7 @@ def _hair_coloured(image: np.ndarray, seed: np.ndarray) -> np.ndarray:
         return np.zeros(seed.shape, bool)
     cv2 = _cv2()
     like = (distance < _SKIN_SIGMA).astype(np.uint8)
-    count, parts = cv2.connectedComponents(like, connectivity=8)
+    _, parts = cv2.connectedComponents(like, connectivity=8)
     touching = np.unique(parts[seed & (like > 0)])
     return np.isin(parts, touching[touching > 0])
 
@@ -126,45 +128,67 @@ def _person(image: np.ndarray, face: np.ndarray, head: np.ndarray) -> np.ndarray
 
 def parse_from_landmarks(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
     """LaPa-11 labels ``[H, W]`` uint8 for an RGB uint8 image and its 68 landmarks."""
-    h, w = image.shape[:2]
     p = np.asarray(points68, np.float32)
-    outline, up = _head_outline(p)
     eye_dist = float(np.linalg.norm(p[36:42].mean(0) - p[42:48].mean(0))) + 1e-6
+    labels, skin_like = _skin_hair_background(image, p, eye_dist)
+    parts = np.zeros_like(labels)
+    up = _head_outline(p)[1]
+    for label, idx in ((RIGHT_BROW, _BROW_IMAGE_LEFT), (LEFT_BROW, _BROW_IMAGE_RIGHT)):
+        _fill(parts, _brow_band(p, idx, _BROW_THICKNESS * eye_dist, up), label)
+        # the 5 points sit on a brow only roughly: where the window around them holds a stroke that is
+        # not skin-coloured, that stroke is the brow
+        window = np.zeros_like(labels)
+        _fill(window, np.concatenate([p[idx] + up * 0.3 * eye_dist, (p[idx] - up * 0.12 * eye_dist)[::-1]]))
+        stroke = (window > 0) & ~skin_like & (labels != HAIR)
+        band = parts == label
+        if stroke.sum() > 0.3 * band.sum():
+            parts[band] = 0
+            parts[stroke] = label
+    _fill(parts, _nose_outline(p, eye_dist), NOSE)
+    for label, idx in ((UPPER_LIP, _UPPER_LIP), (LOWER_LIP, _LOWER_LIP), (INNER_MOUTH, _INNER_MOUTH)):
+        _fill(parts, p[idx], label)
+    for label, idx in ((RIGHT_EYE, _EYE_IMAGE_LEFT), (LEFT_EYE, _EYE_IMAGE_RIGHT)):
+        outline = np.zeros_like(labels)
+        _fill(outline, p[idx])
+        # the eye is the non-skin part of its outline grown a little (the 6 points fit loosely)
+        grown = _cv2().dilate(outline, np.ones((3, 3), np.uint8), iterations=max(1, int(0.05 * eye_dist)))
+        eye = (grown > 0) & ~skin_like & (parts == 0)
+        parts[eye if eye.sum() > 0.3 * outline.sum() else outline > 0] = label
+    labels[parts > 0] = parts[parts > 0]
+    return labels
 
+
+def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> tuple[np.ndarray, np.ndarray]:
+    """Skin (1), hair (10) and background (0) before the parts are drawn over them, and the mask of the
+    pixels that look like skin."""
+    h, w = image.shape[:2]
+    outline, up = _head_outline(p)
     head = np.zeros((h, w), np.uint8)
     _fill(head, outline)
-    # the sure-face seed: the jaw-and-brows hull shrunk a little, below the forehead's hairline risk
-    core = np.zeros((h, w), np.uint8)
+    core = np.zeros((h, w), np.uint8)  # surely face: the jaw-and-brows hull, shrunk a little
     _fill(core, np.concatenate([p[1:16], p[26:16:-1]]))
     core = _cv2().erode(core, np.ones((5, 5), np.uint8))
-
-    cheeks = np.zeros((h, w), np.uint8)
-    for a, b, c, d in ((1, 4, 48, 31), (15, 12, 54, 35)):
-        _fill(cheeks, np.stack([p[a], p[b], p[c], p[d], (p[a] + p[d]) / 2 + (p[36 if a == 1 else 45] - p[a]) * 0.5]))
-    distance = _colour_distance(image, cheeks > 0)
-    skin_like = distance < _SKIN_SIGMA if distance is not None else head > 0
-
     neck = np.zeros((h, w), np.uint8)  # below the jaw: probably person (neck, long hair, shoulders)
     _fill(neck, np.concatenate([p[4:13], p[12:3:-1] - up * eye_dist * 1.2]))
     person = _person(image, core, head | neck)
-    labels = np.zeros((h, w), np.uint8)
-    in_head = head > 0
-    above_brows = _above_line(h, w, p[17:27].mean(0) + up * 0.3 * eye_dist, up)
-    hair = (person | _hair_coloured(image, in_head & above_brows & ~skin_like)) & ~skin_like
-    hair = _cv2().morphologyEx(hair.astype(np.uint8), _cv2().MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
-    labels[hair] = HAIR
-    labels[in_head & ~(~skin_like & above_brows)] = SKIN  # in the face, non-skin colours are hair only up top
-    labels[person & skin_like & ~in_head] = SKIN           # neck, ears
 
-    bands = np.zeros((h, w), np.uint8)
-    for label, idx in ((RIGHT_BROW, _BROW_IMAGE_LEFT), (LEFT_BROW, _BROW_IMAGE_RIGHT)):
-        _fill(bands, _brow_band(p, idx, _BROW_THICKNESS * eye_dist, up), label)
-    _fill(bands, _nose_outline(p, eye_dist), NOSE)
-    for label, idx in ((RIGHT_EYE, _EYE_IMAGE_LEFT), (LEFT_EYE, _EYE_IMAGE_RIGHT),
-                       (UPPER_LIP, _UPPER_LIP), (LOWER_LIP, _LOWER_LIP), (INNER_MOUTH, _INNER_MOUTH)):
-        _fill(bands, p[idx], label)
-    labels[bands > 0] = bands[bands > 0]
-    return labels
+    cheeks = np.zeros((h, w), np.uint8)  # between jaw, mouth corner, nostril and the eye's outer corner
+    for jaw_top, jaw_low, mouth, nostril, eye in ((1, 4, 48, 31, 36), (15, 12, 54, 35, 45)):
+        corner = (p[jaw_top] + p[nostril]) / 2 + (p[eye] - p[jaw_top]) * 0.5
+        _fill(cheeks, np.stack([p[jaw_top], p[jaw_low], p[mouth], p[nostril], corner]))
+    distance = _colour_distance(image, cheeks > 0)
+    in_head = head > 0
+    skin_like = distance < _SKIN_SIGMA if distance is not None else in_head
+
+    # well above the brows, a non-skin colour inside the outline is hair (the hairline or a fringe)
+    scalp = _above_line(h, w, p[17:27].mean(0) + up * 0.3 * eye_dist, up)
+    hair = (person | _hair_coloured(image, in_head & scalp & ~skin_like)) & ~skin_like
+    hair = _cv2().morphologyEx(hair.astype(np.uint8), _cv2().MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    labels = np.zeros((h, w), np.uint8)
+    labels[hair] = HAIR
+    labels[in_head & (skin_like | ~scalp)] = SKIN
+    labels[person & skin_like & ~in_head] = SKIN  # neck, ears
+    return labels, skin_like
 
 
 def _above_line(h: int, w: int, point: np.ndarray, up: np.ndarray) -> np.ndarray:
