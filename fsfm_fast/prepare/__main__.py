@@ -145,10 +145,11 @@ def check_args(args) -> None:
             raise cli.UsageError(f"--val_fraction/--test_fraction: {exc}") from None
     if getattr(args, "input", None) is not None and not args.input.exists():
         raise cli.UsageError(f"--input {args.input}: no such file or folder")
-    for source in [args.input] if getattr(args, "input", None) is not None else []:
+    args.sources = _parse_sources(args) if args.command == "finetune-set" else [("", args.input)]
+    for _, source in args.sources:
         if source.is_dir() and args.out.resolve().is_relative_to(source.resolve()):
-            raise cli.UsageError(f"--out {args.out} lies inside --input {source}: a rerun would take the outputs "
-                                 "for inputs; choose an --out outside it")
+            raise cli.UsageError(f"--out {args.out} lies inside the input folder {source}: a rerun would take the "
+                                 "outputs for inputs; choose an --out outside it")
     cli.ensure_writable_dir(args.out, "--out")
 
 
@@ -161,7 +162,7 @@ def _parse_sources(args) -> list[tuple[str, Path]]:
     sources = []
     for spec in args.source:
         name, sep, path = spec.partition("=")
-        if not sep or not name or "/" in name or not path:
+        if not sep or not name or name in (".", "..") or "/" in name or "\\" in name or not path:
             raise cli.UsageError(f"--source {spec!r}: expected CLASS=PATH with a plain class folder name")
         if not Path(path).exists():
             raise cli.UsageError(f"--source {spec!r}: {path} does not exist")
@@ -264,7 +265,7 @@ def command_pretrain_set(args) -> dict:
 
 
 def command_finetune_set(args) -> dict:
-    sources = _parse_sources(args)
+    sources = args.sources
     inputs = [x for name, path in sources for x in scan(path, label=name)]
     seen = {}
     for x in inputs:  # several sources may feed one class, but not with the same file names
