@@ -389,3 +389,21 @@ def test_demo_output_feeds_the_pretraining_loaders(tmp_path):
         assert len(dataset) == 24
         sample = dataset[0]
         assert tuple(sample["image"].shape) == (3, 224, 224) and int(sample["parsing"].max()) <= 10
+
+
+def test_a_crashing_worker_costs_only_its_input(tmp_path):
+    """A worker that dies (a decoder crash) is replaced; its input is retried alone and then listed."""
+    from _prepare_helpers import crash_on_marked
+
+    from fsfm_fast.prepare.inputs import Input
+    from fsfm_fast.prepare.runner import Plan, _results
+    from fsfm_fast.signals import StopSignal
+    names = ["a", "b", "crash_1", "c", "d", "e"]
+    todo = [Input(tmp_path / f"{n}.png", n, "image") for n in names]
+    plan = Plan(stage="faces", out=tmp_path, image_dir="", detect=False)
+    with StopSignal() as stop:
+        entries = list(_results(plan, todo, 2, stop, work=crash_on_marked))
+    by_key = {e["key"]: e for e in entries}
+    assert sorted(by_key) == sorted(names) and len(entries) == len(names)
+    assert by_key["crash_1"]["outputs"] == [] and "crashed" in by_key["crash_1"]["skipped"][0][1]
+    assert all(by_key[n]["outputs"] == [n] for n in names if n != "crash_1")

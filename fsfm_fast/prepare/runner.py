@@ -20,7 +20,8 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -149,12 +150,17 @@ def _one_frame(name: str, image: np.ndarray, item: Input, plan: Plan, entry: dic
     entry["outputs"].append(name)
 
 
+def new_entry(item: Input, skipped: list | None = None) -> dict:
+    """An input's journal entry: its outputs, its skipped frames ``[name, reason]``, FaRL's points."""
+    return {"key": item.key, "kind": item.kind, "label": item.label, "split": item.split,
+            "outputs": [], "skipped": skipped or [], "points": {}, "frames": 0}
+
+
 def run_item(item: Input) -> dict:
     """Process one input; every problem with the input itself becomes a ``skipped`` row, never an error.
     Only a full, read-only or forbidden disk stops the run."""
     plan: Plan = _WORKER["plan"]
-    entry = {"key": item.key, "kind": item.kind, "label": item.label, "split": item.split,
-             "outputs": [], "skipped": [], "points": {}, "frames": 0}
+    entry = new_entry(item)
     try:
         if item.kind not in plan.accepts:
             wanted = " or ".join(f"an {k}" if k[0] in "aeiou" else f"a {k}" for k in plan.accepts)
@@ -164,7 +170,12 @@ def run_item(item: Input) -> dict:
         frames = _frames_of(item, plan)
         entry["frames"] = len(frames)
         for name, image in frames:
-            _one_frame(name, image, item, plan, entry)
+            try:
+                _one_frame(name, image, item, plan, entry)
+            except Exception as exc:  # one bad frame costs that frame, not the rest of its video
+                if isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS:
+                    raise
+                entry["skipped"].append([name, f"failed ({type(exc).__name__}: {exc})"])
     except OSError as exc:
         if exc.errno in _FATAL_ERRNOS:
             raise OSError(exc.errno, cli.describe_os_error(exc)) from None
@@ -313,33 +324,56 @@ def run(plan: Plan, inputs: list[Input], *, workers: int = 0, num_shards: int = 
     return write_summary(out, plan, inputs, describe or {})
 
 
-def _results(plan: Plan, todo: list[Input], n_proc: int, stop: StopSignal):
-    """Entries of the finished inputs, as they finish; stops early when a stop signal arrives."""
+def _results(plan: Plan, todo: list[Input], n_proc: int, stop: StopSignal, work=run_item):
+    """Entries of the finished inputs, as they finish; stops early when a stop signal arrives.
+
+    ``n_proc`` 1 runs in this process. Otherwise a pool of worker processes runs ``work``; if a worker
+    dies (a decoder crashing on a damaged file), the inputs it may have held are rerun one at a time in
+    a pool of their own, and the one that kills its worker again is listed as skipped."""
     if n_proc <= 1:
         _init_worker(plan, in_pool=False)
         for item in todo:
             if stop.requested:
                 return
-            yield run_item(item)
+            yield work(item)
         return
+    queue, suspects = list(reversed(todo)), []
+    while (queue or suspects) and not stop.requested:
+        alone = bool(suspects)
+        batch = [suspects.pop()] if alone else queue
+        crashed = yield from _pool_pass(plan, batch, 1 if alone else n_proc, stop, work)
+        if alone and crashed:
+            yield new_entry(crashed[0], [[str(crashed[0].path), "its worker process crashed on it (twice)"]])
+        elif crashed:
+            suspects = crashed
+
+
+def _pool_pass(plan: Plan, batch: list[Input], n_proc: int, stop: StopSignal, work):
+    """Run ``batch`` (consumed from its end) in one pool, yielding entries; returns the inputs in flight
+    when a worker died ([] when none did)."""
     # spawn, not fork: the parent may hold threads (FFmpeg's, OpenMP's) whose locks a forked child
     # would inherit locked; each worker builds its own detector
-    context = mp.get_context("spawn")
-    with context.Pool(n_proc, initializer=_init_worker, initargs=(plan, True)) as pool:
-        results = pool.imap_unordered(run_item, todo, chunksize=1)
-        for _ in range(len(todo)):
-            while True:
-                try:
-                    entry = results.next(timeout=0.5)
-                    break
-                except mp.TimeoutError:
-                    if stop.requested:
-                        pool.terminate()
-                        return
-            yield entry
+    pool = ProcessPoolExecutor(n_proc, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(plan, True))
+    in_flight: dict = {}
+    try:
+        while batch or in_flight:
+            while batch and len(in_flight) < 2 * n_proc:
+                item = batch.pop()
+                in_flight[pool.submit(work, item)] = item
+            finished, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
             if stop.requested:
-                pool.terminate()
-                return
+                return []
+            for future in finished:
+                try:
+                    entry = future.result()
+                except BrokenProcessPool:
+                    return list(in_flight.values())
+                del in_flight[future]
+                yield entry
+        return []
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # running inputs finish; their results are dropped
 
 
 def farl_pass(plan: Plan, weights, device: str = "cpu", batch_size: int = 16) -> None:
