@@ -8,6 +8,10 @@ and skips the inputs they name, so a killed run resumes where it stopped; a half
 kill is ignored and its input redone. ``skipped.tsv`` and ``dataset.json`` are rebuilt from the
 journals at the end, so they list each input once however many times the run was interrupted.
 
+A worker process that dies on an input (a decoder crashing on a damaged file) is replaced; the inputs
+it may have held are retried one at a time, and the one that kills its worker again is listed as
+skipped, so no input can stop or hang the run.
+
 The FaRL parser runs after the pool, on the main process's device, in batches: the workers only
 find the 5 landmarks it aligns with.
 """
