@@ -314,7 +314,7 @@ def run(plan: Plan, inputs: list[Input], *, workers: int = 0, num_shards: int = 
             frames += len(entry["outputs"]) + len(entry["skipped"])
             for name, reason in entry["skipped"]:
                 log.message(f"skipped {name}: {reason}")
-            log.progress(1, faces_per_s=frames / max(time.perf_counter() - start, 1e-9))
+            log.progress(1, frames_per_s=frames / max(time.perf_counter() - start, 1e-9))
         stopped = stop.requested
     elapsed = time.perf_counter() - start
     log.record("prepare", len(mine), inputs=len(todo), frames=frames, seconds=round(elapsed, 3),
