@@ -87,12 +87,26 @@ def bench_decode(work: Path, quick: bool) -> list[dict]:
                          "x_base": base / t})
         except ImportError:
             pass
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and nvdec_works(path):
             t = timed(lambda: sample_frames(path, n, hwaccel="cuda"), 2)
             rows.append({"stage": "decode", "method": "pyav seek, NVDEC (gpu)", "keyframe_interval": gop,
                          "video": f"{w}x{h}x{frames_total}", "frames_out": n, "seconds": t, "frames_per_s": n / t,
                          "x_base": base / t})
     return rows
+
+
+def nvdec_works(path: Path) -> bool:
+    """Whether FFmpeg decodes this video on the GPU here (sample_frames would fall back to the CPU
+    silently, which must not be reported as a GPU figure)."""
+    import av
+    from av.codec.hwaccel import HWAccel
+    try:
+        with av.open(str(path), hwaccel=HWAccel(device_type="cuda", allow_software_fallback=False)) as container:
+            next(container.decode(video=0)).to_ndarray(format="rgb24")
+        return True
+    except Exception as exc:  # noqa: BLE001  (any failure means: no GPU row)
+        print(f"NVDEC decode not available: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
 
 
 def _face_centre(labels: np.ndarray) -> tuple[float, float] | None:
