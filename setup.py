@@ -176,7 +176,8 @@ setup(
     packages=find_packages(include=["fsfm_fast", "fsfm_fast.*"]),
     package_data={"fsfm_fast": ["**/*.json", "**/*.yaml", "**/*.txt"]},
     python_requires=">=3.10",
-    install_requires=["torch", "torchvision", "timm", "numpy", "pillow", "tqdm", "tensorboard", "matplotlib"],
+    install_requires=["torch", "torchvision", "timm", "numpy", "pillow", "tqdm", "tensorboard", "matplotlib",
+                      "scikit-learn", "safetensors"],
     # DALI is optional (Linux only, one wheel per CUDA major): without it the torch loaders serve.
     # prepare: video decoding (FFmpeg inside the PyAV wheel), dlib's HOG detector and 68-point landmark
     # model, OpenCV (GrabCut, polygons; <5 keeps the Haar cascades). All prebuilt wheels or data only.

@@ -87,6 +87,15 @@ def gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
 
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's picklable ``obj`` (a few names and reasons, not tensors), in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

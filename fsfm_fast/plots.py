@@ -1,4 +1,4 @@
-"""The two pictures a run ends with: its loss curves, and masked faces next to their reconstructions."""
+"""The pictures runs end with: loss curves, masked faces next to their reconstructions, ROC curves."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -109,3 +109,25 @@ def final_pictures(args, online, dataset, device, mean_std, out_dir: Path, log) 
     recon = ops.unpatchify(pred, p, images.shape[2], images.shape[3])
     plot_reconstructions(images, img_mask, fr_mask, recon, *mean_std, p, out_dir / "reconstructions.png")
     log.message(f"wrote {out_dir / 'loss_curves.png'} and {out_dir / 'reconstructions.png'}")
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], out_png: str | Path,
+             title: str = "ROC") -> Path:
+    """One ROC curve per entry ``name -> (fpr, tpr, auc)``, on one set of axes with the chance diagonal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    ax.plot([0, 1], [0, 1], ls=":", lw=1, color="grey")
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, lw=1.4, label=f"{name} (AUC {auc:.3f})")
+    ax.set_xlabel("false positive rate (real called fake)")
+    ax.set_ylabel("true positive rate (fake called fake)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

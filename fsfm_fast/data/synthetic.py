@@ -502,14 +502,33 @@ def _finish(c, p, rng) -> np.ndarray:
     return img.astype(np.uint8)
 
 
-def render_face(rng: np.random.Generator, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic face: (image uint8 [size, size, 3], parsing uint8 [size, size]) with LaPa-11 labels."""
+def _check_rng_size(rng, size) -> int:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     if int(size) != size or size < _MIN_SIZE:
         raise ValueError(f"size must be an integer >= {_MIN_SIZE}, got {size}")
-    size = int(size)
-    p = _sample_params(rng, size)
+    return int(size)
+
+
+def render_face(rng: np.random.Generator, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic face: (image uint8 [size, size, 3], parsing uint8 [size, size]) with LaPa-11 labels."""
+    size = _check_rng_size(rng, size)
+    return draw_face(face_params(rng, size), rng, size)
+
+
+def face_params(rng: np.random.Generator, size: int = 224) -> dict:
+    """The shape, colours, pose, expression and lighting of one face (``render_face`` = this, then
+    ``draw_face``). A caller may change entries (``frame`` pose, ``yaw``, ``light``, ``ambient``,
+    ``gaze``, ``smile``, ``mouth_open``, ``eye_h``, ``noise``, ...) to draw the same person again in
+    another pose, light or expression."""
+    return _sample_params(rng, _check_rng_size(rng, size))
+
+
+def draw_face(params: dict, rng: np.random.Generator, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    """Paint a face of ``face_params``; ``rng`` draws its textures (hair strands, skin, background,
+    sensor noise), so the same params and rng state give the same picture."""
+    size = _check_rng_size(rng, size)
+    p = params
     c = _Canvas(size)
     u, v = _face_uv(c, p["frame"])
     crown = np.arctan2(v + 1.3, u)  # angle around a point above the head

@@ -1,5 +1,13 @@
-"""FSFM-3C networks: the online (masked) branch and the EMA target branch."""
+"""FSFM-3C networks: the online (masked) branch and the EMA target branch; detectors built on the encoder."""
 from fsfm_fast.models.configs import MODEL_CONFIGS, ModelConfig, get_config, list_models
+from fsfm_fast.models.detector import (
+    DETECTOR_FORMAT,
+    DetectorConfig,
+    PretrainedEncoder,
+    create_detector,
+    load_detector,
+    load_pretrained_encoder,
+)
 from fsfm_fast.models.fsfm import (
     REP_POS_EMBEDS,
     FSFMTrunk,
@@ -13,8 +21,14 @@ from fsfm_fast.models.fsfm import (
 )
 
 __all__ = [
+    "DETECTOR_FORMAT",
     "MODEL_CONFIGS",
     "REP_POS_EMBEDS",
+    "DetectorConfig",
+    "PretrainedEncoder",
+    "create_detector",
+    "load_detector",
+    "load_pretrained_encoder",
     "FSFMTrunk",
     "ModelConfig",
     "OnlineNetwork",

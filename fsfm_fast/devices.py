@@ -1,0 +1,46 @@
+"""Which device a process runs on and in which precision: the ``--device`` and ``--precision`` flags."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from .cli import UsageError
+from .distributed import DistInfo
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def device_type(name: str) -> str:
+    """"cuda" or "cpu": what ``--device name`` will run on, before any process group exists."""
+    return "cuda" if name.startswith("cuda") or (name == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def resolve_device(name: str, info: DistInfo = DistInfo()) -> torch.device:
+    """``auto``: this rank's GPU when there is one, else the CPU; ``cuda`` means this rank's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name} was asked for but torch sees no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", info.local_rank)
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` (``auto``: bf16 on CUDA, fp32 elsewhere); None for fp32."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """A fresh autocast context for ``dtype`` (a no-op for fp32)."""
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()

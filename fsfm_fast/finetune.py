@@ -1,0 +1,506 @@
+"""Fine-tune a pretrained FSFM encoder into a deepfake detector: ``python -m fsfm_fast.finetune``.
+
+The recipe is MAE fine-tuning, the paper's deepfake setting (SPEC section 7): AdamW with timm's
+layer-wise lr decay groups, lr = blr x effective batch / 256, per-iteration warmup + cosine, drop path,
+timm's Mixup/CutMix with label smoothing, timm's RandAugment + random erasing, autocast, gradient
+clipping and accumulation, DDP through ``torchrun``. The checkpoint kept is the best on the SOURCE
+validation split (``--select_metric loss|auc``); selecting on a target domain needs
+``--target_domain_selection``, whose checkpoints say so. Flag names follow the reference's
+``main_finetune_DfD.py``.
+
+With no data it runs the embedded synthetic forgery benchmark on the CPU in minutes: it trains on
+face swaps and local reenactments of synthetic people, then tests on unseen upsampling artefacts and
+whole-face re-renders (``data/forgery.py``), starting from the default pretraining run's checkpoint
+(``output_demo/``) when there is one. Everything lands in ``output_demo_finetune/``; the detector is
+``output_demo_finetune/checkpoint-best.pth``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.data import Mixup, create_transform
+from timm.data import auto_augment as timm_auto_augment
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from torch.utils.data import DataLoader
+
+from . import cli
+from .checkpoint import CheckpointError, CheckpointManager, load_state_dict_strict, plain_args
+from .data.forgery import write_forgery_benchmark
+from .data.labelled import (LABEL_NAMES, LabelledImages, Sample, collate_labelled, count_labels, parse_class_map,
+                            read_split_file, samples_from)
+from .data.sampler import EpochSampler
+from .devices import autocast_dtype, device_type, resolve_device
+from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
+from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainBatches, TrainingParts, write_summary
+from .metrics import SingleClassWarning, frame_metrics
+from .models import list_models
+from .models.detector import DETECTOR_FORMAT, DetectorConfig, load_pretrained_encoder
+from .run_log import RunLog
+from .schedules import cosine_lr
+from .signals import ignore_stop_signals
+
+DEMO_OUTPUT_DIR = "output_demo_finetune"  # the default run's folder; its detector: checkpoint-best.pth
+DEMO_PRETRAIN_DIR = "output_demo"  # where the default pretraining run leaves its checkpoints
+DEMO_DATA_DIR = "synthetic_forgeries"
+BEST = "best"
+SELECT_MODES = {"loss": "min", "auc": "max"}
+
+# What a run with no --data_path / --train_split uses for every flag the user did not set: a tiny model
+# on the synthetic forgery benchmark, sized to finish in minutes on a laptop CPU. Its frames are drawn
+# at the model's input size and fed without resampling (no random resized crop or RandAugment
+# geometry, plain evaluation resize), and without mixup/cutmix: resampling smears the pixel-periodic
+# decoder traces that a tiny ViT can learn within 10 CPU epochs. No layer-wise lr decay either: the
+# demo pretraining is minutes long, so the low layers must adapt as fast as the head. Real-data runs
+# use the full recipe.
+DEMO_DEFAULTS = {
+    "model": "fsfm_vit_tiny_patch16",
+    "input_size": 112,
+    "batch_size": 32,
+    "epochs": 10,
+    "warmup_epochs": 1,
+    "blr": 2.4e-3,
+    "layer_decay": 1.0,
+    "no_augment": True,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "eval_resize": "plain",
+    "num_workers": 2,
+    "output_dir": DEMO_OUTPUT_DIR,
+    "log_every": 10,
+    "finetune": "auto",
+}
+
+
+def get_args_parser():
+    p = cli.argument_parser("fsfm_fast.finetune", __doc__)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="fsfm_vit_base_patch16", choices=list_models())
+    g.add_argument("--input_size", default=224, type=int)
+    g.add_argument("--finetune", default="",
+                   help="pretrained weights: our pretraining checkpoint, the reference's checkpoint-400.pth, a "
+                        "detector checkpoint, or a timm state_dict / .safetensors; '' trains from scratch; 'auto' "
+                        f"(the demo's default) takes the newest {DEMO_PRETRAIN_DIR}/checkpoint-*.pth if there is one")
+    g.add_argument("--drop_path", default=0.1, type=float)
+    g.add_argument("--global_pool", dest="global_pool", action="store_true", default=True,
+                   help="average the patch tokens, then fc_norm (the recipe)")
+    g.add_argument("--cls_token", dest="global_pool", action="store_false", help="classify the cls token instead")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch_size", default=64, type=int, help="per process")
+    g.add_argument("--epochs", default=10, type=int)
+    g.add_argument("--accum_iter", default=1, type=int)
+    g.add_argument("--blr", default=2.5e-4, type=float, help="lr = blr * effective batch / 256")
+    g.add_argument("--lr", default=None, type=float, help="absolute lr (overrides --blr)")
+    g.add_argument("--min_lr", default=1e-6, type=float)
+    g.add_argument("--warmup_epochs", default=5, type=float)
+    g.add_argument("--layer_decay", default=0.65, type=float)
+    g.add_argument("--weight_decay", default=0.05, type=float)
+    g.add_argument("--clip_grad", default=0.0, type=float, help="max grad norm; 0 disables (the reference's default)")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
+    g.add_argument("--max_steps", default=0, type=int,
+                   help="stop after this many iterations (schedules still span --epochs); 0 = no cap")
+    g.add_argument("--max_nonfinite", default=20, type=int)
+
+    g = p.add_argument_group("augmentation and regularisation")
+    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy; 'none' disables")
+    g.add_argument("--color_jitter", default=None, type=float, help="used only without --aa")
+    g.add_argument("--smoothing", default=0.1, type=float)
+    g.add_argument("--reprob", default=0.25, type=float, help="random erasing probability")
+    g.add_argument("--remode", default="pixel")
+    g.add_argument("--recount", default=1, type=int)
+    g.add_argument("--mixup", default=0.8, type=float)
+    g.add_argument("--cutmix", default=1.0, type=float)
+    g.add_argument("--cutmix_minmax", default=None, type=float, nargs=2)
+    g.add_argument("--mixup_prob", default=1.0, type=float)
+    g.add_argument("--mixup_switch_prob", default=0.5, type=float)
+    g.add_argument("--mixup_mode", default="batch", choices=["batch", "pair", "elem"])
+    g.add_argument("--no_augment", action="store_true",
+                   help="train on plainly resized images (no crop, flip, RandAugment or erasing)")
+    g.add_argument("--eval_resize", default="crop", choices=["crop", "plain"],
+                   help="validation/test resize: crop = resize to input_size/0.875, centre crop (256 -> 224); "
+                        "plain = resize to input_size")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data_path", "--finetune_data_path", dest="data_path", action="append", default=[],
+                   help="dataset root with train/ and val/ class folders; repeat for several")
+    g.add_argument("--train_split", default=None, help="split file of '<image path> <label>' lines")
+    g.add_argument("--val_split", default=None, help="split file for the source validation set")
+    g.add_argument("--dataset_abs_path", default=None, help="folder that relative split-file paths start from")
+    g.add_argument("--split_delimiter", "--delimiter_in_spilt", dest="split_delimiter", default=None,
+                   help="separator of path and label in split files (default: whitespace)")
+    g.add_argument("--class_map", action="append", default=[], metavar="NAME=real|fake[,...]",
+                   help="label class folders that the naming rule does not know")
+    g.add_argument("--normalize_from_IMN", action="store_true", help="ImageNet mean/std instead of the pretraining set's")
+    g.add_argument("--mean_std", default=None,
+                   help="a pretrain_ds_mean_std.txt to normalise with (default: the one beside --finetune)")
+    g.add_argument("--num_workers", default=8, type=int)
+    g.add_argument("--synthetic_identities", default="96,16,32", help="demo: people in train,val,test")
+    g.add_argument("--synthetic_frames", default=4, type=int, help="demo: frames per video")
+    g.add_argument("--synthetic_size", default=None, type=int, help="demo: frame size in pixels (default: --input_size)")
+
+    g = p.add_argument_group("selection and evaluation")
+    g.add_argument("--select_metric", default="loss", choices=list(SELECT_MODES),
+                   help="keep the checkpoint with the lowest loss / highest AUC on the source validation split")
+    g.add_argument("--target_domain_selection", action="append", default=[], metavar="NAME=PATH",
+                   help="ALSO keep the best checkpoint on target domain NAME's validation split (PATH/val), as the "
+                        "reference does for DiFF: checkpoint-best-target_NAME.pth, labelled as target-domain "
+                        "selection; the honest source-selected checkpoint-best.pth is kept as always")
+    g.add_argument("--test", action="append", default=[], metavar="NAME=PATH[,PATH...]",
+                   help="after training, evaluate checkpoint-best.pth on these test sets (as fsfm_fast.evaluate)")
+    g.add_argument("--eval_every", default=0, type=int, help="validate every N iterations; 0 = every epoch")
+    g.add_argument("--eval_batch_size", default=None, type=int, help="default: 2 x --batch_size")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--output_dir", default="output_finetune")
+    g.add_argument("--resume", default="", help="checkpoint to continue from, or 'auto' for the newest")
+    g.add_argument("--save_every", default=0, type=int, help="resume checkpoint every N iterations; 0 = each validation")
+    g.add_argument("--keep_last", default=2, type=int)
+    g.add_argument("--log_every", default=20, type=int)
+    g.add_argument("--seed", default=0, type=int)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    return p
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    args.demo = not args.data_path and not args.train_split
+    if args.demo:
+        parser.set_defaults(**DEMO_DEFAULTS)  # flags the user gave keep their values
+        args = parser.parse_args(argv)
+        args.demo = True
+    checks = [(args.batch_size >= 1 and args.epochs >= 1 and args.accum_iter >= 1,
+               "--batch_size, --epochs and --accum_iter must be >= 1"),
+              (args.warmup_epochs >= 0 and args.blr > 0 and (args.lr is None or args.lr > 0),
+               "--warmup_epochs must be >= 0 and the learning rate > 0"),
+              (0 < args.layer_decay <= 1, f"--layer_decay must be in (0, 1], got {args.layer_decay}"),
+              (0 <= args.drop_path < 1 and 0 <= args.smoothing < 1 and 0 <= args.reprob <= 1,
+               "--drop_path and --smoothing must be in [0, 1), --reprob in [0, 1]"),
+              (bool(args.train_split) == bool(args.val_split) or bool(args.data_path),
+               "--train_split needs --val_split (model selection uses the source validation split)"),
+              (args.num_workers >= 0 and args.keep_last >= 1, "--num_workers must be >= 0, --keep_last >= 1")]
+    for ok, message in checks:
+        if not ok:
+            raise cli.UsageError(message)
+    if mixup_active(args) and args.batch_size % 2:
+        raise cli.UsageError(f"--batch_size must be even with --mixup/--cutmix (they pair samples), got {args.batch_size}")
+    args.aa = None if str(args.aa).lower() in ("none", "") else args.aa
+    args.eval_batch_size = args.eval_batch_size or 2 * args.batch_size
+    return args
+
+
+def mixup_active(args) -> bool:
+    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def demo_evaluation(output_dir: str | Path = DEMO_OUTPUT_DIR) -> tuple[Path, dict[str, str]]:
+    """The demo detector and its test set, for ``python -m fsfm_fast.evaluate`` with no flags."""
+    checkpoint = Path(output_dir) / f"checkpoint-{BEST}.pth"
+    if not checkpoint.is_file():
+        raise cli.UsageError(f"no --checkpoint given and no demo detector at {checkpoint}: "
+                             "run python -m fsfm_fast.finetune first, or pass --checkpoint and --test")
+    return checkpoint, {"synthetic": str(Path(output_dir) / DEMO_DATA_DIR)}
+
+
+def write_demo_data(args, info: DistInfo) -> Path:
+    root = Path(args.output_dir) / DEMO_DATA_DIR
+    try:
+        counts = dict(zip(("train", "val", "test"), (int(x) for x in args.synthetic_identities.split(","))))
+    except ValueError:
+        raise cli.UsageError(f"--synthetic_identities takes three counts, got {args.synthetic_identities!r}") from None
+    if info.is_main:
+        print(f"writing the synthetic forgery benchmark to {root} (once)", flush=True)
+        try:
+            write_forgery_benchmark(root, seed=args.seed, size=args.synthetic_size or args.input_size,
+                                    frames_per_video=args.synthetic_frames, identities=counts)
+        except ValueError as exc:
+            raise cli.UsageError(str(exc)) from None
+    barrier(info)
+    return root
+
+
+def load_splits(args) -> dict[str, list[Sample]]:
+    """Training and source-validation samples, plus the target-domain validation sets asked for."""
+    class_map = parse_class_map(args.class_map)
+    if args.train_split:
+        base = Path(args.dataset_abs_path) if args.dataset_abs_path else None
+        splits = {"train": read_split_file(Path(args.train_split), class_map, base, args.split_delimiter),
+                  "val": read_split_file(Path(args.val_split), class_map, base, args.split_delimiter)}
+    else:
+        many = len(args.data_path) > 1
+        splits = {split: [s for i, root in enumerate(args.data_path)
+                          for s in _prefixed(samples_from(root, split, class_map), f"{i}:" if many else "")]
+                  for split in ("train", "val")}
+    for name, spec in parse_tests(args.target_domain_selection).items():
+        splits[f"target:{name}"] = samples_from(spec, "val", class_map)
+    return splits
+
+
+def _prefixed(samples: list[Sample], prefix: str) -> list[Sample]:
+    return [Sample(s.path, s.label, prefix + s.video, s.cls) for s in samples] if prefix else samples
+
+
+def check_splits(splits: dict[str, list[Sample]], select_metric: str) -> None:
+    """Refuse, before any training, data that cannot give a detector or a selection."""
+    train = count_labels(splits["train"])
+    if min(train.values()) == 0:
+        raise cli.UsageError(f"the training split needs real and fake images, it has {train}")
+    for name, samples in splits.items():
+        counts = count_labels(samples)
+        if name != "train" and select_metric == "auc" and min(counts.values()) == 0:
+            raise cli.UsageError(f"--select_metric auc needs real and fake images in validation split '{name}', "
+                                 f"which has {counts}: AUC is undefined there; use --select_metric loss")
+
+
+def _posterize(img, bits_to_keep, **kwargs):
+    """timm's posterize op, except that keeping 0 bits gives the black image that Pillow < 13 gave:
+    RandAugment's PosterizeIncreasing asks for 0 bits at magnitude 10, which Pillow 13 refuses."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return timm_auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def train_transform(args, mean, std):
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        timm_auto_augment.NAME_TO_OP[name] = _posterize  # before timm builds its ops from this table
+    if args.no_augment:
+        return create_transform(args.input_size, is_training=False, interpolation="bicubic", crop_pct=1.0,
+                                crop_mode="squash", mean=tuple(mean), std=tuple(std))
+    return create_transform(args.input_size, is_training=True, auto_augment=args.aa, color_jitter=args.color_jitter,
+                            interpolation="bicubic", re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
+                            mean=tuple(mean), std=tuple(std))
+
+
+def build_train_batches(dataset: LabelledImages, args, info: DistInfo, device: torch.device) -> TrainBatches:
+    sampler = EpochSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, seed=args.seed,
+                           shuffle=True, drop_last=True, batch_size=args.batch_size)
+    # Its own generator: creating an epoch's iterator must not draw from the global stream that drop
+    # path uses, or a resumed run would diverge. The samples are augmented from per-sample seeds.
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                        collate_fn=collate_labelled, pin_memory=device.type == "cuda", drop_last=True,
+                        worker_init_fn=ignore_stop_signals, generator=torch.Generator())
+    return TrainBatches(loader, sampler, sampler.per_rank // args.batch_size, args.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# model, loss, validation
+
+
+def resolve_pretrained(args, say=print) -> str:
+    if args.finetune != "auto":
+        return args.finetune
+    latest = CheckpointManager(DEMO_PRETRAIN_DIR).latest()
+    if latest is None:
+        say(f"no pretraining checkpoint in {DEMO_PRETRAIN_DIR}/ (python -m fsfm_fast.pretrain makes one): "
+                    "fine-tuning from scratch")
+        return ""
+    return str(latest)
+
+
+def normalisation(args, encoder) -> tuple[list[float], list[float], str]:
+    """(mean, std, where they come from): ImageNet's on request, else the pretraining set's (SPEC section 5)."""
+    from .models.detector import read_mean_std
+    if args.normalize_from_IMN:
+        return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD), "ImageNet (--normalize_from_IMN)"
+    if args.mean_std:
+        return (*read_mean_std(args.mean_std), args.mean_std)
+    if encoder is not None:
+        if encoder.mean_std is None:
+            raise cli.UsageError(f"no pretrain_ds_mean_std.txt beside --finetune {encoder.path} and none inside it: "
+                                 "give --mean_std FILE, or --normalize_from_IMN for ImageNet statistics")
+        return (*encoder.mean_std, encoder.mean_std_source)
+    return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD), "ImageNet (no pretrained encoder)"
+
+
+class DetectionLoss:
+    """Mixup/CutMix of the batch (their label smoothing included) and soft-target cross-entropy, as the
+    recipe; without mixup, label-smoothed cross-entropy."""
+
+    def __init__(self, args):
+        self.mixup = None
+        if mixup_active(args):
+            self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                               prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                               label_smoothing=args.smoothing, num_classes=2)
+            self.criterion = SoftTargetCrossEntropy()
+        elif args.smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+        else:
+            self.criterion = torch.nn.CrossEntropyLoss()
+
+    def __call__(self, model, batch: dict) -> torch.Tensor | None:
+        images, targets = batch["images"], batch["labels"]
+        if self.mixup is not None:
+            keep = images.shape[0] - images.shape[0] % 2  # mixup pairs samples; a skipped image can leave one over
+            if keep == 0:
+                return None
+            images, targets = self.mixup(images[:keep], targets[:keep])
+        return self.criterion(model(images), targets)
+
+
+def validator(sets: dict[str, LabelledImages], *, batch_size: int, num_workers: int, device, amp_dtype,
+              info: DistInfo):
+    """``validate(model)``: cross-entropy (no smoothing) and frame metrics over each whole split."""
+    def validate(model) -> dict[str, dict[str, float]]:
+        results = {}
+        for name, dataset in sets.items():
+            scores = score_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
+                                   amp_dtype=amp_dtype, info=info)
+            labels = dataset.labels[scores.index]
+            loss = F.cross_entropy(torch.from_numpy(scores.logits).float(), torch.from_numpy(labels)).item()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SingleClassWarning)
+                results[name] = {"loss": loss, **frame_metrics(labels, scores.fake_prob), "images": int(labels.size)}
+        return results
+    return validate
+
+
+def _selections(args, splits) -> list[Selection]:
+    mode = SELECT_MODES[args.select_metric]
+    out = [Selection(BEST, "val", args.select_metric, mode)]
+    for split in splits:
+        if split.startswith("target:"):
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", split.split(":", 1)[1])
+            out.append(Selection(f"{BEST}-target_{name}", split, args.select_metric, mode, target_domain=True))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def train(args) -> dict:
+    info = init_distributed(device_type(args.device))
+    try:
+        return _train(args, info)
+    finally:
+        cleanup(info)
+
+
+def _train(args, info: DistInfo) -> dict:
+    device = resolve_device(args.device, info)
+    amp_dtype = autocast_dtype(args.precision, device)
+    out_dir = Path(args.output_dir)
+    if info.is_main:
+        cli.ensure_writable_dir(out_dir)
+    if args.demo:
+        args.data_path = [str(write_demo_data(args, info))]
+        args.test = args.test or [f"synthetic={args.data_path[0]}"]
+    splits = load_splits(args)
+    check_splits(splits, args.select_metric)
+    tests = parse_tests(args.test)
+
+    torch.manual_seed(args.seed)  # the same initial head on every rank
+    config = DetectorConfig(model=args.model, img_size=args.input_size,
+                            global_pool="avg" if args.global_pool else "cls", drop_path_rate=args.drop_path,
+                            eval_resize=args.eval_resize, train_classes=tuple(sorted({s.cls for s in splits["train"]})))
+    model = config.build()
+    pretrained = resolve_pretrained(args, print if info.is_main else (lambda *a: None))
+    encoder = load_pretrained_encoder(model, pretrained) if pretrained else None
+    mean, std, mean_std_source = normalisation(args, encoder)
+    config = dataclasses.replace(config, mean=tuple(mean), std=tuple(std))
+    model.to(device)
+    torch.manual_seed(args.seed + info.rank)
+
+    train_set = LabelledImages(splits["train"], train_transform(args, mean, std), seed=args.seed)
+    batches = build_train_batches(train_set, args, info, device)
+    if batches.iters_per_epoch < 1:
+        raise cli.UsageError(f"{len(train_set)} training images cannot fill one batch of {args.batch_size} on each "
+                             f"of {info.world_size} processes")
+    eval_tf = eval_transform(config)
+    val_sets = {name: LabelledImages(samples, eval_tf) for name, samples in splits.items() if name != "train"}
+    eff_batch = args.batch_size * args.accum_iter * info.world_size
+    args.lr = args.lr if args.lr is not None else args.blr * eff_batch / 256
+    ipe = batches.iters_per_epoch
+    total = args.epochs * ipe
+    stop_at = min(total, args.max_steps) if args.max_steps > 0 else total
+    groups = param_groups_layer_decay(model, weight_decay=args.weight_decay,
+                                      no_weight_decay_list=model.no_weight_decay(), layer_decay=args.layer_decay)
+    optimizer = _adamw(groups, args.lr)
+
+    def record() -> dict:
+        return {"format": DETECTOR_FORMAT, "detector": config.to_dict(), "model": model.state_dict(),
+                "pretrained": None if encoder is None else {"path": encoder.path, "kind": encoder.kind,
+                                                            "mean_std_source": mean_std_source}}
+
+    def restore(ckpt: dict, path: Path) -> None:
+        saved = ckpt.get("detector") or {}
+        differ = [k for k in ("model", "img_size", "global_pool", "num_classes") if saved.get(k) != getattr(config, k)]
+        if ckpt.get("format") != DETECTOR_FORMAT or differ:
+            raise CheckpointError(f"{path} is not a checkpoint of this detector (differs in {differ or 'format'}: "
+                                  f"{ {k: saved.get(k) for k in differ} })")
+        load_state_dict_strict(model, ckpt["model"], path, "detector")
+
+    parts = TrainingParts(
+        model=model, optimizer=optimizer, batches=batches, loss=DetectionLoss(args),
+        validate=validator(val_sets, batch_size=args.eval_batch_size, num_workers=args.num_workers, device=device,
+                           amp_dtype=amp_dtype, info=info),
+        selections=_selections(args, splits),
+        lr_at=lambda it: cosine_lr(it, base_lr=args.lr, min_lr=args.min_lr,
+                                   warmup_iters=round(args.warmup_epochs * ipe), total_iters=total),
+        record=record, restore=restore)
+    settings = RunSettings(output_dir=out_dir, total_iters=stop_at, eval_every=args.eval_every or ipe, device=device,
+                           amp_dtype=amp_dtype, accum_iter=args.accum_iter, clip_grad=args.clip_grad,
+                           save_every=args.save_every, keep_last=args.keep_last, max_nonfinite=args.max_nonfinite,
+                           log_every=args.log_every, seed=args.seed, resume=args.resume, args=plain_args(args))
+    log = RunLog(out_dir, enabled=info.is_main, total=stop_at)
+    engine = FinetuneEngine(parts, settings, info, log)
+    _announce(args, info, device, amp_dtype, splits, encoder, mean_std_source, ipe, eff_batch, log)
+    summary = engine.run()
+    summary["pretrained"] = encoder.path if encoder else None
+    if info.is_main:
+        write_summary(out_dir, summary)
+    best = Path(summary["best_checkpoints"].get(BEST, ""))
+    if summary["stopped_by_signal"]:
+        log.message(f"stopped by signal at iteration {summary['iteration']}; continue with --resume auto")
+    elif tests and best.is_file():
+        summary["test"] = run_evaluation(best, tests, out_dir / "eval", batch_size=args.eval_batch_size,
+                                         num_workers=args.num_workers, device=device, amp_dtype=amp_dtype, info=info,
+                                         class_map=parse_class_map(args.class_map))
+    return summary
+
+
+def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    try:  # the fused kernel where this torch build has it for the device
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
+def _announce(args, info, device, amp_dtype, splits, encoder, mean_std_source, ipe, eff_batch, log) -> None:
+    counts = {name: count_labels(samples) for name, samples in splits.items()}
+    start = (f"from {encoder.path} ({encoder.kind}"
+             + (f", pos_embed resampled from {encoder.pos_embed_resampled_from}" if encoder.pos_embed_resampled_from
+                else "") + ")") if encoder else "FROM SCRATCH (no --finetune)"
+    precision = "fp32" if amp_dtype is None else str(amp_dtype).split(".")[-1]
+    log.message(f"fsfm_fast finetune: {args.model} at {args.input_size}px {start}, on {device} (x{info.world_size}), "
+                f"precision {precision}; images {counts}; {ipe} it/epoch, effective batch {eff_batch}, lr {args.lr:.3g}; "
+                f"mean/std from {mean_std_source}" + (" [synthetic forgery benchmark]" if args.demo else ""))
+    if info.is_main:
+        (Path(args.output_dir) / "args.json").write_text(json.dumps(vars(args), indent=1, default=str), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    summary = train(args)
+    return 0 if summary["iteration"] > 0 or summary["stopped_by_signal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main, "fsfm_fast.finetune"))

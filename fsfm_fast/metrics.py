@@ -1,0 +1,99 @@
+"""Detection metrics over a whole evaluation set (SPEC section 7): pure functions of numpy arrays.
+
+Labels are 0 (real) / 1 (fake, the positive class); a score is P(fake). Every metric is computed once
+over all the scores of a set (gathered across ranks by the caller), never averaged over batches.
+A set with one class has no ROC: its AUC, AP and EER are NaN, with a ``SingleClassWarning``, and the
+run goes on.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score, roc_curve
+
+METRIC_KEYS = ("auc", "ap", "eer", "acc", "balanced_acc")
+
+
+class SingleClassWarning(UserWarning):
+    """Metrics that need both classes were asked of a set that has only one."""
+
+
+def _as_arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.ndim != 1 or y.shape != s.shape:
+        raise ValueError(f"labels and scores must be 1-D of one length, got {y.shape} and {s.shape}")
+    if y.size == 0:
+        raise ValueError("no scores: the evaluation set is empty")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (real) or 1 (fake), got values {np.unique(y)[:5].tolist()}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"{int((~np.isfinite(s)).sum())} scores are not finite")
+    return y.astype(np.int64), s
+
+
+def _both_classes(y: np.ndarray, what: str) -> bool:
+    if np.unique(y).size == 2:
+        return True
+    only = "real" if y[0] == 0 else "fake"
+    warnings.warn(f"{what}: the set holds only {only} samples, so AUC, AP and EER are undefined (NaN)",
+                  SingleClassWarning, stacklevel=3)
+    return False
+
+
+def eer(labels, scores) -> tuple[float, float]:
+    """Equal error rate and its threshold: the point of the ROC curve where the false positive rate
+    equals the false negative rate, linearly interpolated between the two ROC points around it (ties
+    in the scores make one ROC point). The threshold is that of the ROC point at or just past the
+    crossing (score >= threshold -> fake). (nan, nan) for a one-class set."""
+    y, s = _as_arrays(labels, scores)
+    if not _both_classes(y, "eer"):
+        return float("nan"), float("nan")
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    gap = (1.0 - tpr) - fpr  # falls from 1 at (0, 0) to -1 at (1, 1)
+    i = int(np.argmax(gap <= 0))
+    if gap[i] == 0 or i == 0:
+        return float(fpr[i]), float(thresholds[i])
+    t = gap[i - 1] / (gap[i - 1] - gap[i])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1])), float(thresholds[i])
+
+
+def frame_metrics(labels, scores, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, average precision, EER, accuracy and balanced accuracy (predicted fake when score > threshold)."""
+    y, s = _as_arrays(labels, scores)
+    pred = (s > threshold).astype(np.int64)
+    out = {"auc": float("nan"), "ap": float("nan"), "eer": float("nan"),
+           "acc": float((pred == y).mean())}
+    if _both_classes(y, "frame_metrics"):
+        out["auc"] = float(roc_auc_score(y, s))
+        out["ap"] = float(average_precision_score(y, s))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SingleClassWarning)
+            out["eer"] = eer(y, s)[0]
+    with warnings.catch_warnings():  # one class: the mean recall of the class present, without sklearn's warning
+        warnings.simplefilter("ignore", UserWarning)
+        out["balanced_acc"] = float(balanced_accuracy_score(y, pred))
+    return {k: out[k] for k in METRIC_KEYS}
+
+
+def video_level(video_ids, labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """One (label, score) per video, in sorted video-id order; a video's score is the mean of its frames'.
+    A video whose frames carry both labels is an error naming it."""
+    ids = np.asarray(video_ids)
+    y, s = _as_arrays(labels, scores)
+    if ids.shape != y.shape:
+        raise ValueError(f"video_ids must match labels, got {ids.shape} and {y.shape}")
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    counts = np.bincount(inverse)
+    fakes = np.bincount(inverse, weights=y)
+    mixed = np.nonzero((fakes > 0) & (fakes < counts))[0]
+    if mixed.size:
+        raise ValueError(f"video {str(uniq[mixed[0]])!r} has both real and fake frames "
+                         f"({mixed.size} such videos): check the video ids")
+    return (fakes > 0).astype(np.int64), np.bincount(inverse, weights=s) / counts
+
+
+def video_metrics(video_ids, labels, scores, threshold: float = 0.5) -> dict[str, float]:
+    """``frame_metrics`` of the per-video mean scores."""
+    return frame_metrics(*video_level(video_ids, labels, scores), threshold=threshold)

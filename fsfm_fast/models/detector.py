@@ -1,0 +1,277 @@
+"""Detectors: the pretrained FSFM encoder with a classification head (SPEC section 7).
+
+The detector is timm's own ``VisionTransformer``, so its state_dict keys are timm's and every timm tool
+understands it. Its encoder keys (``patch_embed.*``, ``cls_token``, ``pos_embed``, ``blocks.*``,
+``norm.*``) are the FSFM online encoder's, so pretrained weights load by name:
+
+- ``global_pool="avg"`` (the recipe): mean of the patch tokens (cls excluded) -> ``fc_norm`` -> ``head``;
+  timm then has no ``norm``, and the pretrained ``norm`` is ignored, as the reference does;
+- ``global_pool="cls"``: the cls token after ``norm`` -> ``head``.
+
+A detector checkpoint (``DETECTOR_FORMAT``) records everything needed to rebuild and use the detector
+without the training flags: model name, input size, pooling, classes and their names, the input
+mean/std, and the evaluation resize (``DetectorConfig``).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, safe_load
+from fsfm_fast.models.configs import get_config
+
+DETECTOR_FORMAT = "fsfm_fast.detector/1"
+PRETRAIN_FORMAT = "fsfm_fast.pretrain/1"
+POOLINGS = {"avg": "avg", "cls": "token"}  # our name -> timm's
+EVAL_RESIZES = ("crop", "plain")
+HEAD_INIT_STD = 2e-5
+
+
+def create_detector(name: str, num_classes: int = 2, img_size: int = 224, global_pool: str = "avg",
+                    drop_path_rate: float = 0.1) -> VisionTransformer:
+    """A timm ViT of the FSFM size ``name`` with a fresh head (weights ~ N(0, 2e-5), bias 0)."""
+    config = get_config(name)
+    if global_pool not in POOLINGS:
+        raise ValueError(f"global_pool must be one of {list(POOLINGS)}, got {global_pool!r}")
+    if int(img_size) != img_size or img_size <= 0 or img_size % config.patch_size:
+        raise ValueError(f"img_size must be a positive multiple of the patch size {config.patch_size}, got {img_size}")
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
+    model = VisionTransformer(
+        img_size=int(img_size), patch_size=config.patch_size, num_classes=int(num_classes),
+        global_pool=POOLINGS[global_pool], embed_dim=config.embed_dim, depth=config.depth,
+        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=True,
+        norm_layer=functools.partial(nn.LayerNorm, eps=1e-6), drop_path_rate=drop_path_rate,
+    )
+    with torch.no_grad():
+        trunc_normal_(model.head.weight, std=HEAD_INIT_STD)
+        nn.init.zeros_(model.head.bias)
+    model.model_name = name
+    return model
+
+
+def head_keys(model: nn.Module) -> list[str]:
+    """The keys a pretrained encoder does not provide: the head, and ``fc_norm`` under avg pooling."""
+    return [k for k in model.state_dict() if k.startswith(("head.", "fc_norm."))]
+
+
+# ----------------------------------------------------------------------------------------------
+# pretrained encoders
+
+
+@dataclass
+class PretrainedEncoder:
+    """What ``load_pretrained_encoder`` found and loaded."""
+    path: str
+    kind: str  # "fsfm_fast pretraining", "reference", "fsfm_fast detector", "state_dict", "safetensors"
+    loaded: list[str]
+    ignored: list[str]
+    missing: list[str]  # always exactly head_keys(model)
+    pos_embed_resampled_from: tuple[int, int] | None = None
+    mean_std: tuple[list[float], list[float]] | None = None
+    mean_std_source: str | None = None
+    pretrained_model: str | None = None  # the model name the checkpoint records, when it does
+    extra: dict = field(default_factory=dict)
+
+
+def read_mean_std(path: str | os.PathLike) -> tuple[list[float], list[float]]:
+    """``{"mean": [3 floats], "std": [3 floats]}`` from the first line of a ``pretrain_ds_mean_std.txt``."""
+    path = Path(path)
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+        mean, std = [float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]
+    except (OSError, IndexError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"cannot read the mean/std file {path}: expected one JSON line "
+                              f'{{"mean": [r, g, b], "std": [r, g, b]}} ({type(exc).__name__}: {exc})') from None
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or not all(map(math.isfinite, mean + std)):
+        raise CheckpointError(f"{path}: mean and std must be 3 finite values each, std > 0; got {mean}, {std}")
+    return mean, std
+
+
+def _read_weights(path: Path) -> tuple[dict, Mapping[str, torch.Tensor], str]:
+    """(whole file as a dict, its state_dict, kind) for every file format we accept."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot load safetensors file {path}: {exc}") from None
+        return {}, state, "safetensors"
+    obj = safe_load(path)
+    if obj.get("format") == PRETRAIN_FORMAT:
+        return obj, obj["model"], "fsfm_fast pretraining"
+    if obj.get("format") == DETECTOR_FORMAT:
+        return obj, obj["model"], "fsfm_fast detector"
+    if isinstance(obj.get("model"), Mapping):
+        return obj, obj["model"], "reference"
+    if isinstance(obj.get("state_dict"), Mapping):
+        return obj, obj["state_dict"], "state_dict"
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {}, obj, "state_dict"
+    raise CheckpointError(f"{path} holds no encoder weights: expected a 'model' or 'state_dict' entry or a "
+                          f"plain state_dict; its top-level keys are {list(obj)[:8]}")
+
+
+def _recorded_model(obj: dict) -> str | None:
+    args = obj.get("args")
+    value = args.get("model") if isinstance(args, Mapping) else getattr(args, "model", None)
+    return value if isinstance(value, str) else None
+
+
+def _preview(keys: list[str], limit: int = 8) -> str:
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _resampled_pos_embed(src: torch.Tensor, model: VisionTransformer) -> tuple[torch.Tensor, tuple[int, int]] | None:
+    """``src`` [1, 1+L, D] resampled to the model's patch grid (bicubic, cls slot kept), or None if it
+    cannot be (another width, or not a square grid)."""
+    dst = model.pos_embed
+    side = math.isqrt(src.shape[1] - 1)
+    if src.dim() != 3 or src.shape[-1] != dst.shape[-1] or side * side != src.shape[1] - 1:
+        return None
+    out = resample_abs_pos_embed(src.float(), new_size=list(model.patch_embed.grid_size),
+                                 old_size=[side, side], num_prefix_tokens=1)
+    return out.to(dst.dtype), (side, side)
+
+
+def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -> PretrainedEncoder:
+    """Load the encoder weights of ``path`` into a ``create_detector`` model and say what was loaded.
+
+    ``path``: one of our pretraining checkpoints, a reference release (``checkpoint-400.pth``, key
+    ``model``; read with the safe loader), one of our detector checkpoints, a timm-style state_dict
+    (``.pth``) or a ``.safetensors`` file. The position embedding is resampled when the input size
+    differs. Keys that are not the detector's encoder (decoders, projector, predictor, mask token; the
+    ``norm`` under avg pooling; a source head) are ignored. Every encoder key must be there with its
+    shape, so the keys left missing are exactly the head (and ``fc_norm``); anything else is a
+    CheckpointError listing the keys. The mean/std come from ``pretrain_ds_mean_std.txt`` beside the
+    file, else from the checkpoint itself.
+    """
+    path = Path(path)
+    obj, state, kind = _read_weights(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    recorded = _recorded_model(obj)
+    target = model.state_dict()
+    expected_missing = head_keys(model)
+    encoder_keys = [k for k in target if k not in expected_missing]
+    absent = [k for k in encoder_keys if k not in state]
+    selected, wrong, resampled = {}, [], None
+    for key in encoder_keys:
+        if key in absent:
+            continue
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            wrong.append(f"{key} ({type(value).__name__})")
+            continue
+        if key == "pos_embed" and value.shape != target[key].shape:
+            found = _resampled_pos_embed(value, model)
+            if found is not None:
+                value, resampled = found
+        if value.shape != target[key].shape:
+            wrong.append(f"{key} {list(value.shape)} (model {list(target[key].shape)})")
+            continue
+        selected[key] = value
+    if absent or wrong:
+        name = getattr(model, "model_name", type(model).__name__)
+        parts = [f"{path} ({kind}) does not fit the encoder of {name}"
+                 + (f" (it was pretrained as {recorded})" if recorded else "")]
+        if absent:
+            parts.append(f"missing encoder keys: {_preview(absent)}")
+        if wrong:
+            parts.append(f"wrong shapes: {_preview(wrong)}")
+        raise CheckpointError("; ".join(parts))
+    result = model.load_state_dict(selected, strict=False)
+    if sorted(result.missing_keys) != sorted(expected_missing) or result.unexpected_keys:
+        raise CheckpointError(f"{path}: after loading, the keys left missing are {result.missing_keys} and "
+                              f"unexpected {result.unexpected_keys}; expected exactly {expected_missing}")
+    mean_std, source = _find_mean_std(path, obj)
+    return PretrainedEncoder(
+        path=str(path), kind=kind, loaded=sorted(selected), ignored=sorted(k for k in state if k not in selected),
+        missing=sorted(result.missing_keys), pos_embed_resampled_from=resampled, mean_std=mean_std,
+        mean_std_source=source, pretrained_model=recorded,
+    )
+
+
+def _find_mean_std(path: Path, obj: dict) -> tuple[tuple[list[float], list[float]] | None, str | None]:
+    from fsfm_fast.pretrain import MEAN_STD_FILE  # here: pretrain imports this package
+    beside = path.parent / MEAN_STD_FILE
+    if beside.is_file():
+        return read_mean_std(beside), str(beside)
+    for key in ("mean_std", "detector"):
+        stats = obj.get(key)
+        if isinstance(stats, Mapping) and "mean" in stats and "std" in stats:
+            return ([float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]), f"{path} ({key})"
+    return None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# detector checkpoints
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything needed to rebuild a trained detector and feed it: stored in its checkpoints."""
+    model: str
+    img_size: int = 224
+    global_pool: str = "avg"
+    num_classes: int = 2
+    drop_path_rate: float = 0.1
+    mean: tuple[float, ...] = tuple(IMAGENET_DEFAULT_MEAN)
+    std: tuple[float, ...] = tuple(IMAGENET_DEFAULT_STD)
+    labels: tuple[str, ...] = ("real", "fake")  # class index -> name; the score is P(labels[1])
+    eval_resize: str = "crop"  # "crop": resize to img_size / crop_pct, centre crop; "plain": resize to img_size
+    crop_pct: float = 0.875
+    train_classes: tuple[str, ...] = ()  # class folders seen in training (evaluate marks the others unseen)
+
+    def __post_init__(self):
+        get_config(self.model)
+        if self.global_pool not in POOLINGS:
+            raise ValueError(f"global_pool must be one of {list(POOLINGS)}, got {self.global_pool!r}")
+        if self.eval_resize not in EVAL_RESIZES:
+            raise ValueError(f"eval_resize must be one of {EVAL_RESIZES}, got {self.eval_resize!r}")
+        if len(self.labels) != self.num_classes or len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"inconsistent detector config: {self}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    def build(self) -> VisionTransformer:
+        return create_detector(self.model, self.num_classes, self.img_size, self.global_pool, self.drop_path_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DetectorConfig:
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+                 if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def load_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                  ) -> tuple[VisionTransformer, DetectorConfig, dict]:
+    """(model with its trained weights, its config, the whole checkpoint) from a detector checkpoint."""
+    ckpt = safe_load(path, map_location=map_location)
+    if ckpt.get("format") != DETECTOR_FORMAT or "detector" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a fsfm_fast detector checkpoint (format {ckpt.get('format')!r}); "
+                              "make one with python -m fsfm_fast.finetune")
+    try:
+        config = DetectorConfig.from_dict(ckpt["detector"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its detector record is not usable ({exc})") from None
+    model = config.build()
+    load_state_dict_strict(model, ckpt["model"], path, "detector")
+    return model, config, ckpt
