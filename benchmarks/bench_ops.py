@@ -10,6 +10,7 @@ correctness tool) the table compares the eager reference with torch.compile of i
 
     python benchmarks/bench_ops.py                       # every op, S/B/L, batch 64 and 256
     python benchmarks/bench_ops.py --models B --batches 256 --json ops.json
+    python benchmarks/bench_ops.py --quick               # the GPU check's run: ViT-B, 256, eager vs Triton
 
 Inputs are in --dtype (bf16 on CUDA, fp32 on CPU by default); masks hide 75% of the patches with
 a quarter of those in the facial region; the public ops' input checks are left out of every
@@ -32,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fsfm_fast.ops import reference  # noqa: E402
 
-MODELS = {"S": 384, "B": 768, "L": 1024}  # encoder width; patch 16, 224 px, 196 patches
+MODELS = {"T": 64, "S": 384, "B": 768, "L": 1024}  # encoder width; patch 16, 224 px, 196 patches
 PATCH, IMG, FEAT = 16, 224, 256
 NUM_PATCHES = (IMG // PATCH) ** 2
 KEEP = NUM_PATCHES // 4
@@ -242,7 +243,18 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=5 if cuda else 2)
     p.add_argument("--iters", type=int, default=50 if cuda else 5)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true",
+                   help="what benchmarks/gpu_check.sh runs: on a GPU every op at ViT-B, batch 256, in "
+                        "--dtype, eager against Triton (torch.compile left out for time), 20 timed "
+                        "iterations; on a CPU tiny shapes (width 64, batch 2), eager only, to prove the "
+                        "script runs")
+    args = p.parse_args(argv)
+    if args.quick:
+        cuda = torch.cuda.is_available()
+        args.models, args.batches = ("B", "256") if cuda else ("T", "2")
+        args.impls = "eager,triton" if cuda else "eager"
+        args.warmup, args.iters = (3, 20) if cuda else (0, 1)
+    return args
 
 
 def main(argv=None):

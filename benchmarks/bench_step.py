@@ -17,10 +17,13 @@ max allocated; CPU: the process's peak RSS).
 
     python benchmarks/bench_step.py                           # GPU: ViT-B, 224 px, batch 256, bf16
     python benchmarks/bench_step.py --paths reference,fused,fused-compiled --json step.json
+    python benchmarks/bench_step.py --quick                   # the GPU check's run (see --help)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import resource
@@ -58,7 +61,16 @@ def parse_args(argv=None):
                    help="device peak for MFU when it is not in the built-in table")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--worker", choices=PATHS, default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true",
+                   help="what benchmarks/gpu_check.sh runs: on a GPU the defaults (ViT-B/16, 224 px, batch "
+                        "256, bf16, reference vs fused) with 3 warm-up and 10 timed steps; on a CPU a tiny "
+                        "model at 32 px, batch 2, one step per path, to prove the script runs")
+    args = p.parse_args(argv)
+    if args.quick:  # the workers get the flag too
+        args.steps, args.warmup = (10, 3) if cuda else (1, 0)
+        if not cuda:
+            args.model, args.img_size, args.batch = "fsfm_vit_tiny_patch16", 32, 2
+    return args
 
 
 # --------------------------------------------------------------------------- one path (worker)
@@ -80,13 +92,14 @@ def _batches(args, device, count=2):
 
 
 def _build(args, path, device):
+    from timm.optim import param_groups_weight_decay
+
     from fsfm_fast.models import TargetNetwork, create_online
-    from fsfm_fast.pretrain import param_groups
     torch.manual_seed(0)
     backend = "torch" if path.startswith("reference") else "auto"
     online = create_online(args.model, img_size=args.img_size, ops_backend=backend).to(device)
     target = TargetNetwork.from_online(online)
-    groups = param_groups(online, 0.05)
+    groups = param_groups_weight_decay(online, 0.05)
     fused_adam = device.type == "cuda"
     optimizer = torch.optim.AdamW(groups, lr=1.5e-4, betas=(0.9, 0.95), fused=fused_adam,
                                   foreach=None if fused_adam else True)
@@ -182,6 +195,15 @@ def _peak(args, device_name):
     return None
 
 
+def _run_in_process(args, path):
+    """A path in this process: on a CPU in --quick mode, where separate peak-memory figures do not
+    matter and two more interpreter start-ups would be most of the time."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run_worker(argparse.Namespace(**{**vars(args), "worker": path}))
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
 def _run_path(argv, path):
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", path]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -223,7 +245,8 @@ def main(argv=None):
               "order with the reference ops (see the module docstring).")
         print(f"CPU load average before the run: {os.getloadavg()[0]:.1f} "
               f"(timings are only comparable on an otherwise idle machine)")
-    rows = [_run_path(argv, path) for path in args.paths.split(",")]
+    in_process = args.quick and not cuda
+    rows = [_run_in_process(args, path) if in_process else _run_path(argv, path) for path in args.paths.split(",")]
     print(report(args, rows, device_name))
     print("FLOPs: torch.utils.flop_counter on the reference formulation; peak MB: "
           + ("CUDA max allocated" if cuda else "process peak RSS"))

@@ -1,6 +1,8 @@
 // Schema, argument checks and the CPU kernels of fsfm_fast::crfrp_mask, plus
-// crfrp_mask_replay, the CUDA kernel's block program run on the CPU (a test
-// hook: it lets pytest compare the GPU logic with the CPU twin anywhere).
+// fsfm_fast_testing::crfrp_mask_replay, the CUDA kernel's block program run on
+// the CPU: a test hook, registered in its own library so that it is not part
+// of the public op set, which lets pytest compare the GPU logic with the CPU
+// twin anywhere.
 #include "crfrp_mask.h"
 
 #include <algorithm>
@@ -83,12 +85,14 @@ void check_region_values_cpu(const CrfrpCall& call) {
 std::tuple<at::Tensor, at::Tensor> crfrp_mask_cpu(
     const at::Tensor& parsing, std::int64_t patch_size, double mask_ratio,
     std::string_view strategy, std::string_view region,
-    const std::optional<at::Tensor>& region_index, std::int64_t seed, std::int64_t offset) {
+    const std::optional<at::Tensor>& region_index, std::int64_t seed, std::int64_t offset,
+    bool /*check_labels*/) {
   CrfrpCall call = prepare_crfrp(parsing, patch_size, mask_ratio, strategy, region,
                                  region_index, seed, offset);
   check_region_values_cpu(call);
-  // The label check rides on the masking pass itself: every chunk reports the
-  // label bits it saw, and a bad label discards the result.
+  // Labels are checked whatever check_labels says, because here the check is
+  // free: it rides on the masking pass itself. Every chunk reports the label
+  // bits it saw, and a bad label discards the result.
   std::atomic<std::uint32_t> seen{0};
   at::parallel_for(0, call.params.batch, grain(call), [&](std::int64_t b0, std::int64_t b1) {
     seen.fetch_or(cpu::crfrp_mask(call.params, b0, b1), std::memory_order_relaxed);
@@ -174,17 +178,27 @@ void check_crfrp_region_range(std::int64_t lo, std::int64_t hi) {
 
 }  // namespace fsfm
 
+// check_labels=false skips the label check where it costs a host sync (CUDA):
+// for callers whose data was validated where it was loaded. A label above 10
+// then touches no group; the masks keep their guarantees.
 TORCH_LIBRARY_FRAGMENT(fsfm_fast, m) {
   m.def(
       "crfrp_mask(Tensor parsing, int patch_size, float mask_ratio, str strategy, str region, "
-      "Tensor? region_index, int seed, int offset) -> (Tensor img_mask, Tensor fr_mask)");
+      "Tensor? region_index, int seed, int offset, bool check_labels=True) -> "
+      "(Tensor img_mask, Tensor fr_mask)");
+}
+
+TORCH_LIBRARY_IMPL(fsfm_fast, CPU, m) {
+  m.impl("crfrp_mask", &fsfm::crfrp_mask_cpu);
+}
+
+TORCH_LIBRARY(fsfm_fast_testing, m) {
   m.def(
       "crfrp_mask_replay(Tensor parsing, int patch_size, float mask_ratio, str strategy, "
       "str region, Tensor? region_index, int seed, int offset, int threads=0) -> "
       "(Tensor img_mask, Tensor fr_mask)");
 }
 
-TORCH_LIBRARY_IMPL(fsfm_fast, CPU, m) {
-  m.impl("crfrp_mask", &fsfm::crfrp_mask_cpu);
+TORCH_LIBRARY_IMPL(fsfm_fast_testing, CPU, m) {
   m.impl("crfrp_mask_replay", &fsfm::crfrp_mask_replay_cpu);
 }

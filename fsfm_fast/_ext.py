@@ -11,6 +11,7 @@ import warnings
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
 IMPORT_ERROR: Exception | None = None
+_WARNED_CPU_ONLY = False
 try:
     from fsfm_fast import _C as C
 except (ImportError, OSError) as error:  # OSError: a .so that cannot be loaded
@@ -41,6 +42,18 @@ def unavailable_reason() -> str:
     return f"fsfm_fast._C failed to import ({type(IMPORT_ERROR).__name__}: {IMPORT_ERROR})"
 
 
+def _warn_cpu_only_build() -> None:
+    """Once per process: CUDA tensors, but this build of fsfm_fast._C has no CUDA kernels."""
+    global _WARNED_CPU_ONLY
+    if _WARNED_CPU_ONLY:
+        return
+    _WARNED_CPU_ONLY = True
+    warnings.warn(
+        "fsfm_fast._C was built without CUDA kernels (no nvcc at build time, or FSFM_FORCE_CPU=1): on this "
+        "GPU the CRFR-P masks fall back to the PyTorch reference, several times slower. Rebuild with "
+        "`pip install --no-build-isolation -e .` where nvcc is found (CUDA_HOME).", RuntimeWarning, stacklevel=3)
+
+
 def choose_backend(op: str, backend: str, device) -> str:
     """Which implementation of a compiled op runs: "torch" (reference), "cpu" or "cuda".
 
@@ -54,7 +67,10 @@ def choose_backend(op: str, backend: str, device) -> str:
         if not has_extension():
             return "torch"
         if device.type == "cuda":
-            return "cuda" if cuda_built() else "torch"
+            if cuda_built():
+                return "cuda"
+            _warn_cpu_only_build()
+            return "torch"
         return "cpu" if device.type in ("cpu", "meta") else "torch"
     if not has_extension():
         raise RuntimeError(f"{op}: backend {backend!r} needs the compiled extension, but {unavailable_reason()}")

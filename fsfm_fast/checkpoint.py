@@ -6,7 +6,6 @@ import argparse
 import errno
 import os
 import pickle
-import struct
 import tempfile
 import time
 import warnings
@@ -42,8 +41,9 @@ def _why_unreadable(path: Path, exc: Exception) -> str:
                 return ("it holds objects other than tensors and plain containers, which are not loaded "
                         f"for safety ({line.strip()})")
         return "not a valid checkpoint (refused by the safe loader)"
-    if isinstance(exc, (RuntimeError, EOFError, zipfile.BadZipFile, struct.error)):
-        return "not a valid checkpoint (truncated or corrupt)"
+    if not zipfile.is_zipfile(path) or isinstance(exc, (RuntimeError, EOFError, zipfile.BadZipFile)):
+        # whatever the unpickler tripped on in bytes that are not a checkpoint (IndexError, ...)
+        return "not a valid checkpoint (not a PyTorch file, truncated or corrupt)"
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -163,6 +163,55 @@ class CheckpointManager:
             except CheckpointError as exc:
                 warn(f"--resume auto: skipping {path}: {exc}; trying an older checkpoint")
         return None
+
+
+def training_checkpoint(fmt: str, step: int, modules: dict[str, torch.nn.Module], optimizer, scaler,
+                        args: argparse.Namespace, **extra: Any) -> dict:
+    """What a training verb saves to continue exactly: each module's state_dict under its name, the
+    optimizer, the AMP scaler, the step, the flags as plain values, the RNG streams, and ``extra``."""
+    return {"format": fmt, **{name: module.state_dict() for name, module in modules.items()},
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "iteration": int(step),
+            "args": plain_args(args), "rng": rng_state(), **extra}
+
+
+def find_resume(resume: str, manager: CheckpointManager, args: argparse.Namespace, same_run: tuple[str, ...],
+                required: tuple[str, ...], warn: Callable[[str], None]) -> tuple[Path, dict] | None:
+    """The checkpoint ``--resume`` names, loaded and checked before a run does any expensive work.
+
+    ``resume``: "" (none), a path, or "auto": the newest checkpoint of ``manager`` that loads (each
+    unreadable newer one is reported through ``warn``; none at all starts fresh). The checkpoint must
+    hold the ``required`` entries and have been saved with this run's values of ``same_run``.
+    """
+    if not resume:
+        return None
+    if resume == "auto":
+        found = manager.load_latest_valid(warn=warn)
+        if found is None:
+            warn(f"--resume auto: no usable checkpoint in {manager.directory}, starting fresh")
+            return None
+        path, ckpt = found
+    else:
+        path = Path(resume)
+        ckpt = safe_load(path)
+    for key in required:
+        if key not in ckpt:
+            raise CheckpointError(f"{path} is not a checkpoint of this kind of run (no '{key}' entry)")
+    check_same_run(ckpt, path, args, same_run)
+    return path, ckpt
+
+
+def restore_training(ckpt: dict, path: str | os.PathLike, modules: dict[str, torch.nn.Module], optimizer,
+                     scaler) -> None:
+    """Load what ``training_checkpoint`` saved back into the modules, optimizer, scaler and RNG streams."""
+    for name, module in modules.items():
+        load_state_dict_strict(module, ckpt[name], path, name)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its optimizer state does not fit this run ({exc})") from None
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    restore_rng(ckpt["rng"])
 
 
 def rng_state() -> dict:

@@ -5,7 +5,7 @@ import datetime
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -16,6 +16,9 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # A gloo group over the same ranks when the main backend is NCCL: flags known on the host
+    # (a stop signal, an empty batch) are agreed on there, without a GPU round trip.
+    host_group: object = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -37,7 +40,8 @@ def init_distributed(device_type: str) -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+    host_group = dist.new_group(backend="gloo") if backend == "nccl" else None
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, host_group=host_group)
 
 
 @contextmanager
@@ -56,11 +60,14 @@ def barrier(info: DistInfo) -> None:
 
 
 def any_rank_flags(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
-    """Each flag OR-ed over all ranks, in one collective, so every rank takes the same branch."""
+    """Each flag OR-ed over all ranks, in one collective, so every rank takes the same branch.
+
+    With a host group (NCCL runs) the flags travel through gloo on the CPU: no GPU sync."""
     if not info.enabled:
         return list(flags)
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    on_host = info.host_group is not None
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device="cpu" if on_host else device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.host_group)
     return [bool(v > 0) for v in t.tolist()]
 
 

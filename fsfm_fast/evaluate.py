@@ -36,7 +36,7 @@ from .devices import autocast, autocast_dtype, device_type, resolve_device
 from .distributed import DistInfo, barrier, gather_objects, gather_rows, process_group
 from .metrics import METRIC_KEYS, frame_metrics, video_metrics
 from .models.detector import DetectorConfig, load_detector
-from .signals import ignore_stop_signals, shutdown_workers
+from .signals import ignore_stop_signals, shutdown_workers, stop_signals_held
 
 TEST_SPLIT = "test"
 
@@ -81,7 +81,8 @@ def score_dataset(model: torch.nn.Module, dataset: LabelledImages, *, batch_size
                         worker_init_fn=ignore_stop_signals, generator=torch.Generator())
     num_classes = model.num_classes
     rows, skipped = [torch.zeros(0, 1 + num_classes, dtype=torch.float64, device=device)], []
-    batches = iter(loader)
+    with stop_signals_held():  # data workers start here: see fsfm_fast.signals
+        batches = iter(loader)
     try:
         for batch in batches:
             skipped += batch["skipped"]

@@ -41,7 +41,8 @@ from .data.sampler import EpochSampler
 from .devices import autocast_dtype, device_type, resolve_device
 from .distributed import DistInfo, barrier, process_group
 from .evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
-from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainBatches, TrainingParts, write_json
+from .data.loaders import TrainData
+from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainingParts, write_json
 from .metrics import SingleClassWarning, frame_metrics
 from .models import list_models
 from .models.detector import DETECTOR_FORMAT, DetectorConfig, load_pretrained_encoder
@@ -287,15 +288,16 @@ def train_transform(args, mean, std):
                             mean=tuple(mean), std=tuple(std))
 
 
-def build_train_batches(dataset: LabelledImages, args, info: DistInfo, device: torch.device) -> TrainBatches:
+def build_train_data(dataset: LabelledImages, args, info: DistInfo, device: torch.device) -> TrainData:
     sampler = EpochSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, seed=args.seed,
                            shuffle=True, drop_last=True, batch_size=args.batch_size)
-    # Its own generator: creating an epoch's iterator must not draw from the global stream that drop
-    # path uses, or a resumed run would diverge. The samples are augmented from per-sample seeds.
+    # Its own generator: starting an epoch must not draw from the global stream that drop path uses,
+    # or a resumed run would diverge. The samples are augmented from per-sample seeds.
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
                         collate_fn=collate_labelled, pin_memory=device.type == "cuda", drop_last=True,
-                        worker_init_fn=ignore_stop_signals, generator=torch.Generator())
-    return TrainBatches(loader, sampler, sampler.per_rank // args.batch_size, args.batch_size)
+                        persistent_workers=args.num_workers > 0, worker_init_fn=ignore_stop_signals,
+                        generator=torch.Generator())
+    return TrainData(dataset, sampler, loader, "labelled images", sampler.per_rank // args.batch_size, args.batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,7 +410,7 @@ def _train(args, info: DistInfo) -> dict:
     parts, settings = build_parts(args, model, config, encoder, splits, info, device, amp_dtype)
     log = RunLog(out_dir, enabled=info.is_main, total=settings.total_iters)
     engine = FinetuneEngine(parts, settings, info, log)
-    _announce(args, info, device, amp_dtype, splits, encoder, config, parts.batches, log)
+    _announce(args, info, device, amp_dtype, splits, encoder, config, parts.data, log)
     summary = {**engine.run(), "pretrained": encoder.path if encoder else None}
     if info.is_main:
         write_json(out_dir / "summary.json", summary)
@@ -441,14 +443,14 @@ def build_parts(args, model, config: DetectorConfig, encoder, splits, info: Dist
                 ) -> tuple[TrainingParts, RunSettings]:
     """The deepfake task's parts for the engine: data, optimizer, schedule, loss, validation, selection."""
     train_set = LabelledImages(splits["train"], train_transform(args, config.mean, config.std), seed=args.seed)
-    batches = build_train_batches(train_set, args, info, device)
-    if batches.iters_per_epoch < 1:
+    data = build_train_data(train_set, args, info, device)
+    if data.iters_per_epoch < 1:
         raise cli.UsageError(f"{len(train_set)} training images cannot fill one batch of {args.batch_size} on each "
                              f"of {info.world_size} processes")
     eval_tf = eval_transform(config)
     val_sets = {name: LabelledImages(samples, eval_tf) for name, samples in splits.items() if name != "train"}
     args.lr = args.lr if args.lr is not None else args.blr * effective_batch(args, info) / 256
-    ipe = batches.iters_per_epoch
+    ipe = data.iters_per_epoch
     total = args.epochs * ipe
     groups = param_groups_layer_decay(model, weight_decay=args.weight_decay,
                                       no_weight_decay_list=model.no_weight_decay(), layer_decay=args.layer_decay)
@@ -466,7 +468,7 @@ def build_parts(args, model, config: DetectorConfig, encoder, splits, info: Dist
         load_state_dict_strict(model, ckpt["model"], path, "detector")
 
     parts = TrainingParts(
-        model=model, optimizer=_adamw(groups, args.lr), batches=batches, loss=DetectionLoss(args),
+        model=model, optimizer=_adamw(groups, args.lr), data=data, loss=DetectionLoss(args),
         validate=validator(val_sets, batch_size=args.eval_batch_size, num_workers=args.num_workers, device=device,
                            amp_dtype=amp_dtype, info=info),
         selections=_selections(args, splits),
@@ -492,7 +494,7 @@ def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
-def _announce(args, info, device, amp_dtype, splits, encoder, config, batches, log) -> None:
+def _announce(args, info, device, amp_dtype, splits, encoder, config, data, log) -> None:
     """One line that says what this run is."""
     counts = {name: count_labels(samples) for name, samples in splits.items()}
     start = (f"from {encoder.path} ({encoder.kind}"
@@ -500,7 +502,7 @@ def _announce(args, info, device, amp_dtype, splits, encoder, config, batches, l
                 else "") + ")") if encoder else "FROM SCRATCH (no --finetune)"
     precision = "fp32" if amp_dtype is None else str(amp_dtype).split(".")[-1]
     log.message(f"fsfm_fast finetune: {args.model} at {args.input_size}px {start}, on {device} (x{info.world_size}), "
-                f"precision {precision}; images {counts}; {batches.iters_per_epoch} it/epoch, effective batch "
+                f"precision {precision}; images {counts}; {data.iters_per_epoch} it/epoch, effective batch "
                 f"{effective_batch(args, info)}, lr {args.lr:.3g}; mean/std from {config.mean_std_source}"
                 + (" [synthetic forgery benchmark]" if args.demo else ""))
 

@@ -5,7 +5,8 @@ A task (deepfake detection in ``finetune.py``; others reuse this) hands the engi
 - ``model``: the module that trains (the engine wraps it in DDP when there are several processes);
 - ``optimizer`` and ``lr_at(iteration)``: the base lr of an iteration; a param group's ``lr_scale``
   (timm's layer-decay groups) multiplies it;
-- ``batches`` (``TrainBatches``): the sampler and loader of the training batches;
+- ``data`` (``data.loaders.TrainData``): the sampler and loader of the training batches (a batch is a
+  dict with ``images`` and ``labels``, plus ``n_skipped`` and ``skipped`` [(path, reason)]);
 - ``loss(model, batch)``: forward and criterion of one device batch (mixup, extra losses: the task's);
 - ``validate(model)``: metrics of each held-out split, ``{split: {metric: value}}``, computed over the
   whole split and equal on every rank;
@@ -25,34 +26,25 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from argparse import Namespace
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import CheckpointError, CheckpointManager, restore_rng, rng_state, safe_load, save_atomic
+from . import checkpoint
+from .checkpoint import CheckpointManager, save_atomic
 from .cli import UsageError
+from .data.loaders import TrainData
 from .devices import autocast
 from .distributed import DistInfo, any_rank_flags, barrier, mean_across
 from .run_log import RunLog
-from .signals import StopSignal, shutdown_workers
-
-
-@dataclass
-class TrainBatches:
-    """Where a task's training batches come from. ``sampler.set_epoch(epoch, start_index)`` positions
-    ``loader`` at a sample of an epoch (its batches then yield from there); a batch is a dict with
-    ``images`` and ``labels`` tensors, plus ``n_skipped`` and ``skipped`` [(path, reason)]."""
-    loader: Iterable[dict]
-    sampler: Any
-    iters_per_epoch: int
-    batch_size: int  # per process
+from .signals import StopSignal, stop_signals_held
 
 
 @dataclass(frozen=True)
@@ -79,7 +71,7 @@ class Selection:
 class TrainingParts:
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    batches: TrainBatches
+    data: TrainData
     loss: Callable[[nn.Module, dict], torch.Tensor | None]
     validate: Callable[[nn.Module], dict[str, dict[str, float]]]
     selections: list[Selection]
@@ -162,22 +154,13 @@ class FinetuneEngine:
     # checkpoints
 
     def _resume(self, where: str) -> None:
-        if where == "auto":
-            found = self.manager.load_latest_valid(warn=self.log.message)
-            if found is None:
-                self.log.message(f"--resume auto: no usable checkpoint in {self.manager.directory}, starting fresh")
-                return
-            path, ckpt = found
-        else:
-            path, ckpt = Path(where), safe_load(where)
-        for key in ("model", "optimizer", "iteration", "engine_state"):
-            if key not in ckpt:
-                raise CheckpointError(f"{path} is not a resumable fine-tuning checkpoint (no '{key}')")
+        found = checkpoint.find_resume(where, self.manager, Namespace(**self.settings.args), (),
+                                       ("model", "optimizer", "iteration", "engine_state", "rng"), warn=self.log.message)
+        if found is None:
+            return
+        path, ckpt = found
         self.parts.restore(ckpt, path)
-        self.parts.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        restore_rng(ckpt["rng"])
+        checkpoint.restore_training(ckpt, path, {}, self.parts.optimizer, self.scaler)
         saved = ckpt["engine_state"]
         self.state = EngineState(iteration=int(ckpt["iteration"]), best=dict(saved.get("best", {})),
                                  **{k: int(saved.get(k, 0)) for k in ("nonfinite_total", "nonfinite_in_a_row",
@@ -186,12 +169,11 @@ class FinetuneEngine:
         self.log.message(f"resumed from {path} at iteration {self.state.iteration}")
 
     def _checkpoint(self) -> dict:
-        s = self.state
-        return {**self.parts.record(), "optimizer": self.parts.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "iteration": s.iteration,
-                "engine_state": {"best": dict(s.best), "nonfinite_total": s.nonfinite_total,
-                                 "nonfinite_in_a_row": s.nonfinite_in_a_row, "skipped_images": s.skipped_images},
-                "args": self.settings.args, "rng": rng_state()}
+        s, record = self.state, self.parts.record()
+        return checkpoint.training_checkpoint(
+            record.pop("format"), s.iteration, {}, self.parts.optimizer, self.scaler, Namespace(**self.settings.args),
+            **record, engine_state={"best": dict(s.best), "nonfinite_total": s.nonfinite_total,
+                                    "nonfinite_in_a_row": s.nonfinite_in_a_row, "skipped_images": s.skipped_images})
 
     def save(self) -> None:
         if self.state.iteration == self.last_saved:
@@ -231,7 +213,7 @@ class FinetuneEngine:
         return results
 
     def _epoch_float(self) -> float:
-        return self.state.iteration / max(self.parts.batches.iters_per_epoch, 1)
+        return self.state.iteration / max(self.parts.data.iters_per_epoch, 1)
 
     # ------------------------------------------------------------------------------------------
     # the loop
@@ -251,7 +233,8 @@ class FinetuneEngine:
                 if not stopped and self.last_validated != state.iteration and state.iteration > 0:
                     self.validate()
                 self.save()
-        finally:
+        finally:  # an error, too, shuts the data workers down and ends the progress bar's line
+            self.parts.data.close()
             self.log.close()
         return {"iteration": state.iteration, "stopped_by_signal": stopped, "best": dict(state.best),
                 "best_checkpoints": {s.name: str(self.best_path(s)) for s in self.parts.selections
@@ -261,19 +244,15 @@ class FinetuneEngine:
 
     def _run_epoch(self, stop: StopSignal) -> bool:
         """The iterations of the current epoch from wherever the run stands in it; True when stopped."""
-        state, batches = self.state, self.parts.batches
-        ipe = batches.iters_per_epoch
-        epoch = state.iteration // ipe
-        batches.sampler.set_epoch(epoch, start_index=(state.iteration % ipe) * batches.batch_size)
-        loader = iter(batches.loader)
-        try:
-            return self._epoch_steps(loader, epoch, stop)
-        finally:
-            shutdown_workers(loader)
+        ipe = self.parts.data.iters_per_epoch
+        epoch = self.state.iteration // ipe
+        with stop_signals_held():  # data workers start here: see fsfm_fast.signals
+            loader = self.parts.data.batches(epoch, self.state.iteration % ipe)
+        return self._epoch_steps(loader, epoch, stop)
 
     def _epoch_steps(self, loader, epoch: int, stop: StopSignal) -> bool:
         settings, state = self.settings, self.state
-        ipe = self.parts.batches.iters_per_epoch
+        ipe = self.parts.data.iters_per_epoch
         for batch in _until_stopped(loader, stop):
             self._iteration(batch, epoch)
             it = state.iteration

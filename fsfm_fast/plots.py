@@ -7,6 +7,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import ops
+from .data import collate_faces
 from .run_log import read_log
 
 
@@ -80,6 +82,33 @@ def plot_reconstructions(images: torch.Tensor, img_mask: torch.Tensor, fr_mask: 
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+@torch.no_grad()
+def final_pictures(args, online, dataset, device, mean_std, out_dir: Path, log) -> None:
+    """What a finished pretraining run leaves to look at: its loss curves, and the first faces of its
+    data masked, next to the online network's reconstructions."""
+    log_path = Path(args.log_dir or out_dir) / "log.jsonl"
+    if log_path.is_file():
+        plot_loss_curves(log_path, out_dir / "loss_curves.png")
+    samples = [dataset[i] for i in range(min(6, len(dataset)))]
+    batch = collate_faces(samples)
+    if batch["images"].shape[0] == 0:
+        return
+    images = batch["images"].to(device)
+    parsing = batch["parsing"].to(device)
+    p = online.patch_size
+    img_mask, fr_mask = ops.crfrp_mask(parsing, patch_size=p, mask_ratio=args.mask_ratio,
+                                       strategy=args.mask_strategy, region="image",
+                                       seed=args.seed + 1, offset=0)
+    online.eval()
+    pred = online(images, img_mask, fr_mask).pred.float()
+    if args.norm_pix_loss:  # back from per-patch normalised space to the input's
+        target = ops.patchify(images.float(), p)
+        pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6).sqrt() + target.mean(dim=-1, keepdim=True)
+    recon = ops.unpatchify(pred, p, images.shape[2], images.shape[3])
+    plot_reconstructions(images, img_mask, fr_mask, recon, *mean_std, p, out_dir / "reconstructions.png")
+    log.message(f"wrote {out_dir / 'loss_curves.png'} and {out_dir / 'reconstructions.png'}")
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], out_png: str | Path,

@@ -2,11 +2,14 @@
 
 A signal sent to the whole process group also reaches DataLoader workers. They ignore it
 (``ignore_stop_signals`` as their ``worker_init_fn``) and leave the decision to the main process,
-which saves at the next safe point and then shuts the workers down itself.
+which saves at the next safe point and then shuts the workers down itself. Workers are started
+inside ``stop_signals_held``, so a signal cannot reach one before its ``worker_init_fn`` ran: it
+would die, and torch's worker watchdog would raise in the main process wherever it happens to be.
 """
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -40,9 +43,22 @@ class StopSignal:
 
 
 def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """``worker_init_fn`` for data workers: the main process alone decides when to stop."""
+    """``worker_init_fn`` for data workers: the main process alone decides when to stop. A stop
+    signal held since the worker was forked is discarded, then stop signals are let through again."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextmanager
+def stop_signals_held():
+    """Block stop signals while data workers are forked (they inherit the block until
+    ``ignore_stop_signals`` lifts it); a signal that arrived meanwhile is delivered when this ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def shutdown_workers(batches) -> None:

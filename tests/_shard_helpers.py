@@ -71,3 +71,37 @@ def map_agreement(images, parsing) -> tuple[float, int, int]:
 
 def fingerprint(parsing) -> str:
     return hashlib.sha1(np.ascontiguousarray(np.asarray(parsing, np.uint8)).tobytes()).hexdigest()
+
+
+def tamper_label(src: Path, out: Path, label: int = 12) -> str:
+    """A copy of shard folder ``src`` whose first map of its first shard holds ``label`` at one pixel
+    (what make_shards never writes, but another tool or a later edit could); returns that member's name."""
+    import io
+    import shutil
+    import tarfile
+
+    from fsfm_fast.data.shards import format_index, load_manifest
+
+    shutil.copytree(src, out)
+    entry = load_manifest(out)["shards"][0]
+    members, changed = [], None
+    with tarfile.open(src / entry["tar"]) as tar:
+        for info in tar.getmembers():
+            data = tar.extractfile(info).read()
+            if changed is None and info.name.endswith(".parse.png"):
+                labels = np.array(Image.open(io.BytesIO(data)))
+                labels[1, 1] = label
+                buf = io.BytesIO()
+                Image.fromarray(labels, "L").save(buf, format="PNG")
+                data, changed = buf.getvalue(), info.name
+            members.append((info.name, data))
+    rows = {}
+    with tarfile.open(out / entry["tar"], "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            key, ext = name.split(".", 1)
+            rows.setdefault(key, []).append((ext, tar.offset - -(-len(data) // 512) * 512, len(data), name))
+    (out / entry["index"]).write_text(format_index(list(rows.values())), encoding="utf-8")
+    return changed

@@ -11,6 +11,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_sessionstart(session):
+    # A build that left fsfm_fast._C out must fail the suite, not quietly test the reference ops.
+    from fsfm_fast import _ext
+    if not _ext.has_extension() and os.environ.get("FSFM_ALLOW_NO_EXTENSION") != "1":
+        pytest.exit(f"{_ext.unavailable_reason()}; fix the build, or set FSFM_ALLOW_NO_EXTENSION=1 to test "
+                    "without it", returncode=1)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -1,5 +1,5 @@
 """The compiled CRFR-P op: CPU twin (csrc/crfrp_mask_cpu.cpp), the CUDA kernel's block program
-replayed on the CPU (crfrp_mask_replay), and the CUDA kernel itself (marker `cuda`).
+replayed on the CPU (fsfm_fast_testing::crfrp_mask_replay, a test-only op), and the CUDA kernel itself (marker `cuda`).
 
 Every mask is checked against SPEC section 2 with an oracle built from the reference's group
 touches; the twin's statistics are compared with the reference's; the replay and the GPU must
@@ -36,7 +36,7 @@ def op(parsing, patch=16, ratio=0.75, strategy="crfr_p", region="batch", region_
 
 def replay(parsing, patch=16, ratio=0.75, strategy="crfr_p", region="batch", region_index=None,
            seed=0, offset=0, threads=0):
-    return torch.ops.fsfm_fast.crfrp_mask_replay(parsing, patch, ratio, strategy, region,
+    return torch.ops.fsfm_fast_testing.crfrp_mask_replay(parsing, patch, ratio, strategy, region,
                                                  region_index, seed, offset, threads)
 
 
@@ -124,9 +124,12 @@ def check_masks(parsing, patch, ratio, img, fr, strategy="crfr_p", region_index=
 def test_schema_and_replay_registered():
     assert str(torch.ops.fsfm_fast.crfrp_mask.default._schema) == (
         "fsfm_fast::crfrp_mask(Tensor parsing, int patch_size, float mask_ratio, str strategy, "
-        "str region, Tensor? region_index, int seed, int offset) -> (Tensor img_mask, "
-        "Tensor fr_mask)")
-    assert hasattr(torch.ops.fsfm_fast, "crfrp_mask_replay")
+        "str region, Tensor? region_index, int seed, int offset, bool check_labels=True) -> "
+        "(Tensor img_mask, Tensor fr_mask)")
+    # the replay is a test hook: registered, but outside the public op library
+    assert hasattr(torch.ops.fsfm_fast_testing, "crfrp_mask_replay")
+    with pytest.raises(AttributeError):
+        torch.ops.fsfm_fast.crfrp_mask_replay
 
 
 def test_auto_uses_the_twin_on_cpu(monkeypatch):

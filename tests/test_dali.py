@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _shard_helpers import fingerprint, map_agreement, palette_faces, shard
+from _shard_helpers import fingerprint, map_agreement, palette_faces, shard, tamper_label
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install -e '.[dali]')")
 
@@ -44,6 +44,18 @@ def _dali(root, mean=ZERO, std=ONE, **kw) -> DaliLoader:
 def _epoch(loader, epoch: int, start_batch: int = 0) -> list[dict]:
     loader.set_epoch(epoch, start_index=start_batch * loader.batch_size)
     return list(loader)
+
+
+def test_dali_output_labels_are_validated_on_the_host(png_shards, tmp_path):
+    bad = tamper_label(png_shards, tmp_path / "tampered")
+    batches = _epoch(_dali(tmp_path / "tampered", shuffle=False, drop_last=False), 0)
+    skipped = [s for b in batches for s in b["skipped"]]
+    assert sum(b["images"].shape[0] for b in batches) == 48 - 1
+    assert all(b["images"].shape[0] == b["parsing"].shape[0] for b in batches)
+    assert len(skipped) == 1 and sum(b["n_skipped"] for b in batches) == 1
+    path, reason = skipped[0]
+    assert path.endswith(":" + bad.replace(".parse.png", ".png")) and "shard-000000.tar" in path
+    assert "0..10" in reason and "12" in reason
 
 
 def test_dali_cpu_output_contract_and_exact_pixels(faces, png_shards):

@@ -1,18 +1,23 @@
 """FSFM-3C networks: reference key layout, strict and safe loading, shapes, gradients, and a
 dense re-derivation of the online forward."""
 import argparse
+import dataclasses
 import math
+
+import numpy as np
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fsfm_fast import ops
+from fsfm_fast.checkpoint import CheckpointError
 from fsfm_fast.models import (
     OnlineNetwork,
     TargetNetwork,
     create_online,
     create_target,
+    get_config,
     list_models,
     load_reference_weights,
 )
@@ -207,7 +212,7 @@ def test_checkpoint_with_arbitrary_class_is_refused(tmp_path):
     model = create_online(TINY, img_size=112)
     path = tmp_path / "evil.pth"
     torch.save({"model": model.state_dict(), "extra": _Payload()}, path)
-    with pytest.raises(RuntimeError, match="evil.pth"):
+    with pytest.raises(CheckpointError, match="evil.pth"):
         load_reference_weights(model, path)
     assert UNPICKLE_CALLS == []
 
@@ -244,22 +249,43 @@ def test_size_attributes_and_layer_settings():
     assert model.rep_decoder_blocks[0].attn.num_heads == 3 and model.decoder_blocks[0].attn.num_heads == 4
 
 
-def test_pos_embed_is_fixed_2d_sincos():
-    model = create_online(TINY, img_size=112)
-    quarter = 192 // 4
-    for param in (model.pos_embed, model.rep_decoder_pos_embed):
-        assert not param.requires_grad
-        assert torch.count_nonzero(param[0, 0]) == 0  # cls slot
-        for row, col in [(0, 0), (0, 1), (3, 5), (6, 6)]:
-            token = param[0, 1 + row * 7 + col].double()
-            expect = []
-            for coord in (col, row):  # first half of the channels: column; second half: row
-                freqs = [10000.0 ** (-i / quarter) for i in range(quarter)]
-                expect += [math.sin(coord * f) for f in freqs] + [math.cos(coord * f) for f in freqs]
-            assert torch.allclose(token, torch.tensor(expect, dtype=torch.float64), atol=1e-6)
-    assert not model.decoder_pos_embed.requires_grad
-    col3_sines = torch.sin(3 * 10000.0 ** (-torch.arange(32) / 32))
-    assert torch.allclose(model.decoder_pos_embed[0, 1 + 7 * 2 + 3, :32], col3_sines)
+def sincos_table(dim, grid):
+    """The reference's fixed 2-D sin-cos table, written out from SPEC section 3: a zero cls row,
+    then per patch (row-major) the column's 1-D embedding, then the row's; each 1-D embedding is
+    the sines of its dim/4 frequencies 10000^(-i/(dim/4)), then their cosines."""
+    quarter = dim // 4
+    freqs = 10000.0 ** (-np.arange(quarter) / quarter)
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    halves = [np.concatenate([np.sin(c[:, None] * freqs), np.cos(c[:, None] * freqs)], 1) for c in (cols, rows)]
+    return torch.from_numpy(np.concatenate([np.zeros((1, dim)), np.concatenate(halves, 1)], 0))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_fresh_online_frozen_tensors_are_the_references(name):
+    config = get_config(name)
+    # The frozen tensors depend on the widths and the patch grid, not on the depth: one block per
+    # stack keeps the large sizes fast to build.
+    model = OnlineNetwork(dataclasses.replace(config, depth=1, rep_depth=1, decoder_depth=1), 224, name=name)
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    assert set(frozen) == {"pos_embed", "rep_decoder_pos_embed", "decoder_pos_embed"}
+    grid = 224 // config.patch_size
+    torch.testing.assert_close(frozen["pos_embed"][0].double(), sincos_table(config.embed_dim, grid),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(frozen["decoder_pos_embed"][0].double(), sincos_table(config.decoder_dim, grid),
+                               atol=1e-6, rtol=0)
+    # built as zeros and never filled by the reference: every released model was trained so
+    assert frozen["rep_decoder_pos_embed"].shape == (1, grid * grid + 1, config.rep_dim)
+    assert torch.count_nonzero(frozen["rep_decoder_pos_embed"]) == 0
+    assert torch.count_nonzero(TargetNetwork.from_online(model).rep_decoder_pos_embed) == 0
+
+
+def test_rep_decoder_pos_embed_option():
+    model = create_online(TINY, img_size=112, rep_decoder_pos_embed="sincos")
+    torch.testing.assert_close(model.rep_decoder_pos_embed[0].double(), sincos_table(192, 7), atol=1e-6, rtol=0)
+    assert torch.equal(TargetNetwork.from_online(model).rep_decoder_pos_embed, model.rep_decoder_pos_embed)
+    assert torch.count_nonzero(create_target(TINY, img_size=112).rep_decoder_pos_embed) == 0
+    with pytest.raises(ValueError, match="rep_decoder_pos_embed"):
+        create_online(TINY, img_size=112, rep_decoder_pos_embed="learned")
 
 
 def test_mae_initialisation():

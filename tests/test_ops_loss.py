@@ -153,6 +153,22 @@ def test_fsfm_loss_validation(change, error):
         ops.fsfm_loss(**args)
 
 
+def test_region_outside_the_hidden_patches_is_refused():
+    pred, images, img_mask, fr_mask, online, target = make_inputs(torch.float32)
+    fr_mask = fr_mask.clone()
+    fr_mask[2, (~img_mask[2]).nonzero()[0]] = True  # a "fully hidden" patch that is visible
+    with pytest.raises(ValueError, match=r"fr_mask must be a subset of img_mask.*\[2\]"):
+        ops.fsfm_loss(pred, images, img_mask, fr_mask, online, target, patch_size=8)
+    # the training step's own masks are trusted: validate=False checks nothing
+    ops.fsfm_loss(pred, images, img_mask, fr_mask, online, target, patch_size=8, validate=False)
+
+
+def test_empty_batch_is_a_clear_error():
+    pred, images, img_mask, fr_mask, online, target = make_inputs(torch.float32)
+    with pytest.raises(ValueError, match="batch is empty"):
+        ops.fsfm_loss(pred[:0], images[:0], img_mask[:0], fr_mask[:0], online[:0], target[:0], patch_size=8)
+
+
 # --------------------------------------------------------------------------- EMA
 
 def test_ema_update_formula():
@@ -169,6 +185,19 @@ def test_ema_update_formula():
     ops.ema_update(target, online, 0.0)
     for t, o in zip(target, online):
         assert torch.equal(t, o)
+
+
+def test_ema_update_skipped_on_the_device():
+    online, target = [torch.randn(4, 3), torch.randn(7)], [torch.randn(4, 3), torch.randn(7)]
+    before = [t.clone() for t in target]
+    ops.ema_update(target, online, 0.5, skip=torch.tensor(True))
+    assert all(torch.equal(t, t0) for t, t0 in zip(target, before))
+    ops.ema_update(target, online, 0.5, skip=torch.tensor(False))
+    plain = [t.clone() for t in before]
+    ops.ema_update(plain, online, 0.5)
+    assert all(torch.equal(t, p) for t, p in zip(target, plain))  # the same arithmetic as a float weight
+    with pytest.raises(ValueError, match="skip"):
+        ops.ema_update(target, online, 0.5, skip=torch.tensor([True]))
 
 
 def test_ema_update_on_parameters_without_autograd_history():

@@ -8,13 +8,34 @@ import torch
 from _maps import face_batch, face_map, hair_map
 from fsfm_fast import _ext, ops
 from fsfm_fast.ops import reference
-from fsfm_fast.ops.crfrp_mask import region_presence as reference_checked_presence
 
 BRIEF_CASES = [(224, 224, 16), (112, 112, 16), (224, 224, 14), (112, 224, 16)]
 
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+# SPEC section 2 holds for every implementation a run may use: the reference is what "auto" falls
+# back to on a GPU without the extension, so it gets the same property tests as the compiled ops.
+BACKENDS = ["torch"] + (["cpu"] if _ext.has_extension() else []) + \
+    (["cuda"] if _ext.cuda_built() and torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def masks(backend, parsing, *args, generator=None, **kwargs):
+    """ops.crfrp_mask on the backend's device, drawing from the stream named by generator's seed
+    (every backend takes a seed), masks returned on the CPU."""
+    device = "cuda" if backend == "cuda" else "cpu"
+    if isinstance(kwargs.get("region_index"), torch.Tensor):
+        kwargs["region_index"] = kwargs["region_index"].to(device)
+    seed = generator.initial_seed() if generator is not None else 0
+    img, fr = ops.crfrp_mask(parsing.to(device), *args, backend=backend, seed=seed, **kwargs)
+    return img.cpu(), fr.cpu()
 
 
 def touch_of(parsing, patch_size):
@@ -89,12 +110,12 @@ def test_group_touch_boundary_rule():
 # --------------------------------------------------------------------------- core properties
 
 @pytest.mark.parametrize("height,width,patch", BRIEF_CASES)
-def test_crfrp_exact_count_and_region_hidden(height, width, patch):
+def test_crfrp_exact_count_and_region_hidden(backend, height, width, patch):
     parsing = face_batch(8, height, width, seed=10)
     touch = touch_of(parsing, patch)
     L, M = num_mask(parsing, patch)
     for region in range(6):
-        img, fr = ops.crfrp_mask(parsing, patch, 0.75, region_index=region, generator=gen(region))
+        img, fr = masks(backend, parsing, patch, 0.75, region_index=region, generator=gen(region))
         assert img.dtype == torch.bool and img.shape == (8, L)
         assert (img.sum(1) == M).all()
         assert not (fr & ~img).any()
@@ -119,12 +140,12 @@ def test_proportional_walk_hides_round_ratio_of_each_group_before_fixup():
                 assert len(hidden & cand) == round(ratio * len(cand)), (b, region, g)
 
 
-def test_fixup_moves_few_patches_in_one_direction():
+def test_fixup_moves_few_patches_in_one_direction(backend):
     parsing = face_batch(16, seed=30)
     touch = touch_of(parsing, 16)
     L, M = num_mask(parsing, 16)
     for region in range(6):
-        img, _ = ops.crfrp_mask(parsing, 16, region_index=region, generator=gen(100 + region))
+        img, _ = masks(backend, parsing, 16, region_index=region, generator=gen(100 + region))
         for b in range(parsing.shape[0]):
             n_fr = int(touch[b, region].sum())
             ratio = (M - n_fr) / (L - n_fr)
@@ -139,12 +160,12 @@ def test_fixup_moves_few_patches_in_one_direction():
 
 
 @pytest.mark.parametrize("region", [1, 4])
-def test_matches_python_implementation_statistically(region):
+def test_matches_python_implementation_statistically(backend, region):
     runs = 600
     single = torch.from_numpy(face_map(224, seed=3))[None]
     touch = touch_of(single, 16)[0]
     L, M = num_mask(single, 16)
-    img, _ = ops.crfrp_mask(single.expand(runs, -1, -1).contiguous(), 16,
+    img, _ = masks(backend, single.expand(runs, -1, -1).contiguous(), 16,
                             region_index=region, generator=gen(7))
     ref_freq = img.double().mean(0).numpy()
     rnd = random.Random(7)
@@ -163,59 +184,59 @@ def test_matches_python_implementation_statistically(region):
     assert np.abs(ref_freq - py_freq).max() < 0.15
 
 
-def test_region_bigger_than_m_becomes_the_whole_mask():
+def test_region_bigger_than_m_becomes_the_whole_mask(backend):
     parsing = torch.from_numpy(np.stack([hair_map(224)] * 4))
     touch = touch_of(parsing, 16)
     L, M = num_mask(parsing, 16)
     assert int(touch[0, 5].sum()) > M
     for strategy in ("crfr_p", "crfr_r", "fr"):
-        img, fr = ops.crfrp_mask(parsing, 16, region_index=5, strategy=strategy, generator=gen(2))
+        img, fr = masks(backend, parsing, 16, region_index=5, strategy=strategy, generator=gen(2))
         assert (img.sum(1) == M).all()
         assert torch.equal(img, fr)
         assert not (fr & ~touch[:, 5]).any()
         assert not torch.equal(img[0], img[1])  # the kept part of the region is random
 
 
-def test_random_labels_every_region_covers_everything():
+def test_random_labels_every_region_covers_everything(backend):
     parsing = torch.randint(0, 11, (6, 224, 224), generator=gen(3), dtype=torch.uint8)
     L, M = num_mask(parsing, 16)
     for region in range(6):
-        img, fr = ops.crfrp_mask(parsing, 16, region_index=region, generator=gen(region))
+        img, fr = masks(backend, parsing, 16, region_index=region, generator=gen(region))
         assert (img.sum(1) == M).all() and torch.equal(img, fr)
 
 
 @pytest.mark.parametrize("strategy", reference.STRATEGIES)
-def test_all_background_map(strategy):
+def test_all_background_map(backend, strategy):
     parsing = torch.zeros(3, 112, 112, dtype=torch.uint8)
     L, M = num_mask(parsing, 16)
     for region in range(6):
-        img, fr = ops.crfrp_mask(parsing, 16, strategy=strategy, region_index=region,
+        img, fr = masks(backend, parsing, 16, strategy=strategy, region_index=region,
                                  generator=gen(region))
         assert (img.sum(1) == M).all()
         assert not fr.any()
 
 
-def test_batch_of_one_and_empty_batch():
+def test_batch_of_one_and_empty_batch(backend):
     parsing = face_batch(1, 112)
-    img, fr = ops.crfrp_mask(parsing, 16, generator=gen())
+    img, fr = masks(backend, parsing, 16, generator=gen())
     assert img.shape == (1, 49) and int(img.sum()) == 36 and not (fr & ~img).any()
-    img, fr = ops.crfrp_mask(parsing[:0], 16, generator=gen())
+    img, fr = masks(backend, parsing[:0], 16, generator=gen())
     assert img.shape == (0, 49) and fr.shape == (0, 49)
 
 
-def test_mask_count_follows_python_float_arithmetic():
+def test_mask_count_follows_python_float_arithmetic(backend):
     parsing = face_batch(2, 160)  # L = 100, and 0.29 * 100 == 28.999999999999996 in float64
-    img, _ = ops.crfrp_mask(parsing, 16, 0.29, generator=gen())
+    img, _ = masks(backend, parsing, 16, 0.29, generator=gen())
     assert (img.sum(1) == 28).all()
 
 
 @pytest.mark.parametrize("strategy", ["random", "crfr_r", "fr"])
 @pytest.mark.parametrize("height,width,patch", BRIEF_CASES)
-def test_other_strategies_exact_count(strategy, height, width, patch):
+def test_other_strategies_exact_count(backend, strategy, height, width, patch):
     parsing = face_batch(6, height, width, seed=40)
     touch = touch_of(parsing, patch)
     L, M = num_mask(parsing, patch)
-    img, fr = ops.crfrp_mask(parsing, patch, strategy=strategy, region="image", generator=gen(4))
+    img, fr = masks(backend, parsing, patch, strategy=strategy, region="image", generator=gen(4))
     assert (img.sum(1) == M).all()
     assert not (fr & ~img).any()
     if strategy == "random":
@@ -231,24 +252,24 @@ def test_other_strategies_exact_count(strategy, height, width, patch):
         assert not (~fits & img & ~faces).any()
 
 
-def test_fr_strategy_hides_whole_regions_first():
+def test_fr_strategy_hides_whole_regions_first(backend):
     parsing = face_batch(8, seed=50)
     touch = touch_of(parsing, 16)
     # M between the two smallest regions' sizes: hide R (nose) then part of one more region
-    img, fr = ops.crfrp_mask(parsing, 16, 0.06, strategy="fr", region_index=2, generator=gen(5))
+    img, fr = masks(backend, parsing, 16, 0.06, strategy="fr", region_index=2, generator=gen(5))
     M = int(0.06 * 196)
     assert (img.sum(1) == M).all() and torch.equal(fr, touch[:, 2])
     regions = touch[:, :6].any(1)
     assert not (img & ~regions).any()  # no random fill needed, so nothing outside the regions
 
 
-def test_fr_strategy_takes_regions_in_random_order():
+def test_fr_strategy_takes_regions_in_random_order(backend):
     runs = 400
     single = torch.from_numpy(face_map(224, seed=6))[None]
     touch = touch_of(single, 16)[0]
     nose = int(touch[2].sum())
     ratio = (nose + 1.5) / 196  # M = |nose| + 1: one patch of whichever region comes next
-    img, _ = ops.crfrp_mask(single.expand(runs, -1, -1).contiguous(), 16, ratio, strategy="fr",
+    img, _ = masks(backend, single.expand(runs, -1, -1).contiguous(), 16, ratio, strategy="fr",
                             region_index=2, generator=gen(9))
     extra = img & ~touch[2]
     assert (extra.sum(1) == 1).all()
@@ -257,27 +278,27 @@ def test_fr_strategy_takes_regions_in_random_order():
         assert share > 0.12, (g, share)  # about 1/5 each (more where regions overlap)
 
 
-def test_region_draw_is_uniform_over_six_regions():
+def test_region_draw_is_uniform_over_six_regions(backend):
     single = torch.from_numpy(face_map(224, seed=7))[None]
     touch = touch_of(single, 16)[0]
     assert len({tuple(touch[g].tolist()) for g in range(6)}) == 6
-    _, fr = ops.crfrp_mask(single.expand(600, -1, -1).contiguous(), 16, region="image",
+    _, fr = masks(backend, single.expand(600, -1, -1).contiguous(), 16, region="image",
                            generator=gen(10))
     counts = [sum(torch.equal(row, touch[g]) for row in fr) for g in range(6)]
     assert sum(counts) == 600
     assert all(60 <= c <= 140 for c in counts), counts
     batch_regions = set()
     for seed in range(40):
-        _, fr = ops.crfrp_mask(single, 16, generator=gen(seed))
+        _, fr = masks(backend, single, 16, generator=gen(seed))
         batch_regions |= {g for g in range(6) if torch.equal(fr[0], touch[g])}
     assert batch_regions == set(range(6))
 
 
-def test_crfr_r_fills_outside_region_uniformly():
+def test_crfr_r_fills_outside_region_uniformly(backend):
     single = torch.from_numpy(face_map(112, seed=5))[None].expand(1000, -1, -1).contiguous()
     touch = touch_of(single, 16)[0]
     L, M = num_mask(single, 16)
-    img, fr = ops.crfrp_mask(single, 16, strategy="crfr_r", region_index=1, generator=gen(6))
+    img, fr = masks(backend, single, 16, strategy="crfr_r", region_index=1, generator=gen(6))
     outside = ~touch[1]
     freq = img[:, outside].double().mean(0)
     expected = (M - int(touch[1].sum())) / int(outside.sum())
@@ -310,19 +331,19 @@ def test_seeded_reproducibility():
     assert torch.equal(d[0], e[0])
 
 
-def test_region_per_image_versus_per_batch():
+def test_region_per_image_versus_per_batch(backend):
     same = face_batch(1, seed=70).expand(24, -1, -1).contiguous()
-    _, fr_batch = ops.crfrp_mask(same, region="batch", generator=gen(8))
-    _, fr_image = ops.crfrp_mask(same, region="image", generator=gen(8))
+    _, fr_batch = masks(backend, same, region="batch", generator=gen(8))
+    _, fr_image = masks(backend, same, region="image", generator=gen(8))
     assert len({tuple(r.tolist()) for r in fr_batch}) == 1
     assert len({tuple(r.tolist()) for r in fr_image}) >= 3
 
 
-def test_region_index_tensor_forces_per_image_region():
+def test_region_index_tensor_forces_per_image_region(backend):
     parsing = face_batch(6, seed=80)
     touch = touch_of(parsing, 16)
     index = torch.tensor([0, 1, 2, 3, 4, 5])
-    _, fr = ops.crfrp_mask(parsing, region_index=index, generator=gen())
+    _, fr = masks(backend, parsing, region_index=index, generator=gen())
     assert all(torch.equal(fr[b], touch[b, b]) for b in range(6))
 
 
@@ -340,7 +361,7 @@ def test_invalid_label_rejected_before_any_work(bad):
     with pytest.raises(ValueError, match="label"):
         ops.region_presence(parsing, 16)
     with pytest.raises(ValueError, match=f"max label {bad}"):
-        reference_checked_presence(parsing, 16)
+        ops.region_presence(parsing, 16, backend="torch")
 
 
 @pytest.mark.parametrize("kwargs,error", [

@@ -45,6 +45,18 @@ def test_mask_to_indices_rejects_bad_masks():
         ops.mask_to_indices(torch.zeros(2, 4, dtype=torch.int64))
 
 
+def test_mask_to_indices_with_a_static_count():
+    mask = random_mask(4, 20, 15, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(ops.mask_to_indices(mask, 5), ops.mask_to_indices(mask)))
+    with pytest.raises(ValueError, match="leave 6 patches visible"):
+        ops.mask_to_indices(mask, 6)
+    # trusted (the training step's own masks): nothing is checked, nothing is read back
+    ids_keep, _ = ops.mask_to_indices(mask, 6, validate=False)
+    assert ids_keep.shape == (4, 6)
+    with pytest.raises(ValueError, match="num_keep"):
+        ops.mask_to_indices(mask, 21)
+
+
 @pytest.mark.parametrize("height,width,patch", [(32, 48, 8), (28, 42, 14)])
 def test_patchify_layout_and_roundtrip(height, width, patch):
     images = torch.randn(2, 3, height, width, generator=gen(2))
@@ -116,6 +128,7 @@ def test_gather_visible_hidden_pixels_get_no_gradient():
     (dict(ids_keep=torch.tensor([[0, 1]], dtype=torch.int32)), TypeError),
     (dict(ids_keep=torch.tensor([[0, 4]])), ValueError),
     (dict(ids_keep=torch.tensor([[0, 1], [1, 2]])), ValueError),
+    (dict(ids_keep=torch.tensor([[1, 1]])), ValueError),  # a repeat: refused by every backend
     (dict(weight=torch.randn(4, 1, 4, 4)), ValueError),
     (dict(weight=torch.randn(4, 3, 4, 2)), ValueError),
     (dict(weight=torch.randn(4, 3, 3, 3)), ValueError),
@@ -190,6 +203,7 @@ def test_restore_masked_gradcheck_and_mask_token_grad():
     (dict(ids_restore=torch.tensor([[0, 1, 2, 9]])), ValueError),
     (dict(ids_restore=torch.tensor([[0, 1, 2, 3]], dtype=torch.int32)), TypeError),
     (dict(ids_restore=torch.tensor([[0]])), ValueError),
+    (dict(ids_restore=torch.tensor([[0, 1, 1, 3]])), ValueError),  # not a permutation
     (dict(mask_token=torch.randn(5)), ValueError),
     (dict(pos_embed=torch.randn(4, 4)), ValueError),
     (dict(tokens=torch.randn(3, 4)), ValueError),

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,8 @@ from _shard_helpers import fingerprint, map_agreement, palette_faces, shard
 from PIL import Image
 
 from fsfm_fast import pretrain
-from fsfm_fast.data import make_shards, render_face, write_synthetic_dataset
+from fsfm_fast.cli import UsageError
+from fsfm_fast.data import FLIP_LABELS, make_shards, render_face, write_synthetic_dataset
 from fsfm_fast.data.loaders import build_loader, dataset_mean_std, detect_layout, face_dataset
 from fsfm_fast.run_log import read_log
 from fsfm_fast.data.shards import (DeviceDecoder, ShardDataset, collate_raw, crop_flip_resize, format_index,
@@ -102,12 +106,17 @@ def test_mean_std_over_mixed_layouts(faces, png_shards):
 
 
 def test_index_is_what_dalis_wds2idx_writes(jpg_shards, tmp_path):
-    wds2idx = pytest.importorskip("wds2idx", reason="DALI's wds2idx tool comes with nvidia-dali")
+    # DALI ships wds2idx as a command-line tool next to the interpreter; with DALI installed it
+    # must be found and run, never skipped
+    pytest.importorskip("nvidia.dali", reason="DALI's wds2idx tool comes with nvidia-dali")
+    tool = shutil.which("wds2idx", path=str(Path(sys.executable).parent)) or shutil.which("wds2idx")
+    assert tool, "nvidia-dali is installed but its wds2idx command is not on PATH"
     for entry in load_manifest(jpg_shards)["shards"]:
         ours = jpg_shards / entry["index"]
         theirs = tmp_path / entry["index"]
-        with wds2idx.IndexCreator(str(jpg_shards / entry["tar"]), str(theirs), verbose=False) as creator:
-            creator.create_index()
+        run = subprocess.run([tool, str(jpg_shards / entry["tar"]), str(theirs)], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
         assert ours.read_bytes() == theirs.read_bytes()
 
 
@@ -186,6 +195,35 @@ def test_damaged_shard_bytes_are_skipped_by_the_reader(jpg_shards, tmp_path):
     assert batch["skipped_paths"][1].endswith(".jpg") and "unreadable image" in batch["skipped"][1][1]
 
 
+def test_truncated_tar_names_the_shard_and_the_offset(jpg_shards, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(jpg_shards, copy)
+    entry = load_manifest(copy)["shards"][0]
+    tar = copy / entry["tar"]
+    offsets = [sample["jpg"][0] for sample in read_index(copy / entry["index"])]
+    tar.write_bytes(tar.read_bytes()[:offsets[3] - 700])  # cut inside sample 2, before sample 3's header
+    ds = ShardDataset(copy, 32, ZERO, ONE)
+    for index in (3, entry["count"] - 1):
+        item = ds[index]
+        assert not item["ok"] and "shorter than its index" in item["reason"]
+        assert item["path"] == f"{tar}:<sample {index} at byte {offsets[index]}>"
+    assert ds[0]["ok"] and ds[0]["path"].endswith(".jpg")
+
+
+def test_make_shards_errors_are_one_line(faces, tmp_path, capsys):
+    from fsfm_fast import cli
+    run = lambda *argv: cli.run(make_shards.main, "fsfm_fast.data.make_shards", list(argv))  # noqa: E731
+    assert run(str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")) == 2
+    assert capsys.readouterr().err == f"fsfm_fast.data.make_shards: error: source folder {tmp_path / 'nowhere'} does not exist\n"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for out, why in ((a_file, "is a file, not a folder"), (Path("/proc/fsfm_shards"), "cannot be written")):
+        assert run(str(faces), "--out", str(out)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--out {out}" in err and why in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_make_shards_resumes_and_leaves_finished_shards_alone(faces, tmp_path, monkeypatch):
     out = tmp_path / "out"
     real = make_shards.write_shard
@@ -215,7 +253,7 @@ def test_make_shards_resumes_and_leaves_finished_shards_alone(faces, tmp_path, m
     for f in sorted(clean.glob("shard-*")):
         assert f.read_bytes() == (out / f.name).read_bytes(), f.name  # deterministic assignment and bytes
 
-    with pytest.raises(SystemExit, match="other sources or settings"):
+    with pytest.raises(UsageError, match="other sources or settings"):
         make_shards.main([str(faces), "--out", str(out), "--samples_per_shard", "5", "--quality", "80"])
 
 
@@ -268,11 +306,28 @@ def test_crop_flip_resize_follows_pil_sampling():
     labels = torch.arange(w, dtype=torch.uint8).repeat(h, 1)[None]
     out, lab = crop_flip_resize(ramp, labels, torch.tensor([[4.0, 0.0, 12.0, 16.0]]), torch.tensor([False]), 16)
     centres = 4 + (torch.arange(16) + 0.5) * 8 / 16 - 0.5  # PIL: left + (i + 0.5) * width / size, in pixel index
-    # torch's cubic kernel (a = -0.75) bends a ramp by a few hundredths; an off-by-half-pixel would be 0.25
-    torch.testing.assert_close(out[0, 0, 5], centres.double(), atol=0.05, rtol=0)
+    # PIL's cubic kernel (a = -0.5) reproduces a ramp exactly; an off-by-half-pixel would be 0.25. At the
+    # crop's border the kernel meets the edge of the crop (PIL reads the pixels beyond it instead).
+    torch.testing.assert_close(out[0, 0, 5, 3:13], centres[3:13].double(), atol=1e-6, rtol=0)
+    assert (out[0, 0, 5] - centres).abs().max() < 0.2
     assert lab[0, 5].tolist() == torch.floor(4 + (torch.arange(16) + 0.5) * 0.5).to(torch.uint8).tolist()
-    flipped, _ = crop_flip_resize(ramp, labels, torch.tensor([[4.0, 0.0, 12.0, 16.0]]), torch.tensor([True]), 16)
-    torch.testing.assert_close(flipped[0, 0, 5], centres.flip(0).double(), atol=0.05, rtol=0)
+    flipped, flipped_lab = crop_flip_resize(ramp, labels, torch.tensor([[4.0, 0.0, 12.0, 16.0]]),
+                                            torch.tensor([True]), 16)
+    torch.testing.assert_close(flipped[0, 0, 5], out[0, 0, 5].flip(0), atol=0, rtol=0)
+    assert flipped_lab[0, 5].tolist() == FLIP_LABELS[lab[0, 5].flip(0).numpy()].tolist()  # mirrored, 4 <-> 5
+
+
+def test_crop_is_cut_before_the_resize():
+    # a fine checkerboard: a small crop magnified to the output size must still show it; shrinking the
+    # whole image to the output size first (then cutting the crop out of that) would average it away
+    h = w = 128
+    board = ((torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 2).double() * 255
+    images = board[None, None].repeat(2, 3, 1, 1)
+    maps = torch.zeros(2, h, w, dtype=torch.uint8)
+    boxes = torch.tensor([[10.0, 10.0, 42.0, 42.0], [0.0, 0.0, 128.0, 128.0]])
+    out, _ = crop_flip_resize(images, maps, boxes, torch.tensor([False, False]), 64)
+    assert out[0].std() > 60, out[0].std()  # the 32x32 crop doubled: squares of 2x2 output pixels
+    assert out[1].std() < 30, out[1].std()  # the whole board halved: antialiased to grey, as PIL does
 
 
 # ---------------------------------------------------------------------------------------- loaders

@@ -21,7 +21,7 @@ import importlib
 import numpy as np
 import torch
 
-from .folder import CROP_RATIO, CROP_SCALE, FLIP_LABELS, NUM_LABELS, _check_values
+from .faces import CROP_RATIO, CROP_SCALE, FLIP_LABELS, NUM_LABELS, rgb_triple
 from .shards import MAP_EXT, load_manifest
 
 READER = "reader"
@@ -52,7 +52,10 @@ def _labels_lut(labels, flip, fn, types):
 def face_pipeline(tars: list[str], indexes: list[str], *, batch_size: int, input_size: int, image_size, mean, std,
                   augment: bool, shard_id: int, num_shards: int, seed: int, shuffle: bool, device_id, num_threads: int,
                   half: bool = False):
-    """The DALI pipeline (not built): outputs images [B,3,S,S] float (fp16 with ``half``) and maps [B,S,S] uint8."""
+    """The DALI pipeline (not built): outputs images [B,3,S,S] float (fp16 with ``half``), maps [B,S,S]
+    uint8, and on the CPU each source map's largest label and the sample's origin (``<tar>:<offset>:<member>``,
+    zero-padded bytes): the labels are validated on the host, where they are decoded, never read back
+    from the GPU."""
     from nvidia.dali import fn, pipeline_def, types
 
     s = int(input_size)
@@ -67,6 +70,8 @@ def face_pipeline(tars: list[str], indexes: list[str], *, batch_size: int, input
             missing_component_behavior="error")
         images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
         labels = fn.decoders.image(labels, device="cpu", output_type=types.GRAY)
+        label_max = fn.reductions.max(labels)
+        source = fn.pad(fn.get_property(encoded, key="source_info"), axes=[0])
         flip, roi = 0, {}
         if augment:
             anchor, extent = fn.random_crop_generator(fn.peek_image_shape(encoded), random_area=list(CROP_SCALE),
@@ -83,7 +88,7 @@ def face_pipeline(tars: list[str], indexes: list[str], *, batch_size: int, input
         if augment:
             labels = _labels_lut(fn.flip(labels, horizontal=flip), flip, fn, types)
         labels = fn.reshape(labels, shape=[s, s], layout="HW")
-        return images, labels.gpu() if gpu else labels
+        return images, labels.gpu() if gpu else labels, label_max, source
 
     return pipeline()
 
@@ -91,8 +96,9 @@ def face_pipeline(tars: list[str], indexes: list[str], *, batch_size: int, input
 class DaliLoader:
     """Training batches from shard folders through DALI, with the torch path's loop interface:
     ``set_epoch(epoch, start_index)``, then iterate over dicts ``images`` [B,3,S,S], ``parsing``
-    [B,S,S] uint8 (on ``cuda:device_id``, or the CPU when ``device_id`` is None), ``n_skipped`` 0
-    and empty ``skipped`` lists (make_shards validated every sample).
+    [B,S,S] uint8 (on ``cuda:device_id``, or the CPU when ``device_id`` is None), ``n_skipped`` and
+    ``skipped``: make_shards validated every sample, but a shard changed since (or written by another
+    tool) can hold labels above 10; such a sample is dropped from its batch and named.
 
     With ``drop_last`` every rank yields ``count // (batch_size * world_size)`` full batches, the number
     the torch path gives, so DDP ranks stay in step; without it a rank yields its whole share, the
@@ -115,7 +121,7 @@ class DaliLoader:
         self.tars = [str(root / s["tar"]) for root, m in manifests for s in m["shards"]]
         self.indexes = [str(root / s["index"]) for root, m in manifests for s in m["shards"]]
         self.num_samples = sum(m["count"] for _, m in manifests)
-        self.mean, self.std = _check_values(mean, "mean"), _check_values(std, "std")
+        self.mean, self.std = rgb_triple(mean, "mean"), rgb_triple(std, "std")
         self.input_size, self.batch_size, self.augment, self.seed = int(input_size), int(batch_size), augment, int(seed)
         self.rank, self.world_size, self.device_id = int(rank), int(world_size), device_id
         self.num_threads, self.drop_last, self.shuffle, self.dtype = max(1, num_threads), drop_last, shuffle, dtype
@@ -165,8 +171,8 @@ class DaliLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         pipe = self.pipeline(self.epoch)
-        batches = DALIGenericIterator([pipe], ["images", "parsing"], reader_name=READER, auto_reset=False,
-                                      last_batch_policy=LastBatchPolicy.PARTIAL)
+        batches = DALIGenericIterator([pipe], ["images", "parsing", "label_max", "source"], reader_name=READER,
+                                      auto_reset=False, last_batch_policy=LastBatchPolicy.PARTIAL)
         try:
             for number, out in enumerate(batches):
                 if number >= self.epoch_batches():
@@ -177,7 +183,17 @@ class DaliLoader:
             del batches, pipe  # frees the pipeline's threads and buffers before the next epoch's
 
     def _batch(self, out: dict) -> dict:
-        images = out["images"]
+        images, parsing = out["images"], out["parsing"]
         if images.dtype != self.dtype:
             images = images.to(self.dtype)
-        return {"images": images, "parsing": out["parsing"], "n_skipped": 0, "skipped": [], "skipped_paths": []}
+        top = out["label_max"].reshape(-1)  # on the CPU: checking it costs no device sync
+        bad = (top >= NUM_LABELS).nonzero().flatten().tolist()
+        skipped = []
+        if bad:
+            keep = torch.tensor([i for i in range(len(top)) if i not in bad], device=images.device)
+            images, parsing = images[keep], parsing[keep]
+            for i in bad:
+                source = out["source"][i].numpy().tobytes().rstrip(b"\0").decode("utf-8", "replace")
+                skipped.append((source, f"parsing map labels must lie in 0..{NUM_LABELS - 1}, found {int(top[i])}"))
+        return {"images": images, "parsing": parsing, "n_skipped": len(skipped), "skipped": skipped,
+                "skipped_paths": [path for path, _ in skipped]}

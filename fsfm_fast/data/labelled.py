@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..cli import UsageError
+from .faces import sample_key
 
 REAL, FAKE = 0, 1
 LABEL_NAMES = ("real", "fake")
@@ -223,7 +224,7 @@ class LabelledImages(Dataset):
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
     def __getitem__(self, key) -> dict:
-        index, epoch = (key, 0) if not isinstance(key, (tuple, list)) else key
+        index, epoch = sample_key(key, len(self))
         sample = self.samples[index]
         try:
             with Image.open(sample.path) as im:

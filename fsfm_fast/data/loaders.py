@@ -17,6 +17,8 @@ start_index)`` then ``iter(loader)``, sharded by (rank, world_size), seeded by `
 from __future__ import annotations
 
 import bisect
+import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .folder import FaceParsingFolder, collate_faces, compute_mean_std
 from ..signals import ignore_stop_signals
+from .faces import collate_faces, sample_key
+from .folder import FaceParsingFolder, compute_mean_std, pixel_mean_std
 from .sampler import EpochSampler
 from .shards import DeviceDecoder, RawShards, ShardDataset, collate_raw, combined_mean_std, is_shard_folder
 
@@ -65,8 +68,7 @@ class ConcatFaces(Dataset):
         return self.ends[-1]
 
     def __getitem__(self, key):
-        index, epoch = (key, 0) if not isinstance(key, (tuple, list)) else key
-        index = int(index) % len(self)
+        index, epoch = sample_key(key, len(self))
         part = bisect.bisect_right(self.ends, index)
         local = index - (self.ends[part - 1] if part else 0)
         return self.parts[part][(local, epoch)]
@@ -94,23 +96,39 @@ def dataset_mean_std(paths, input_size: int, max_samples: int = 0, num_workers: 
     if not folders:
         return combined_mean_std(shards)
     dataset = face_dataset(folders + shards, input_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    indices = np.arange(len(dataset))
-    if 0 < max_samples < len(dataset):
-        indices = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_samples, replace=False))
-    loader = DataLoader(torch.utils.data.Subset(dataset, indices.tolist()), batch_size=64,
-                        num_workers=num_workers, collate_fn=collate_faces, worker_init_fn=ignore_stop_signals)
-    total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
-    for batch in loader:
-        x = batch["images"].double()
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += (x * x).sum(dim=(0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / max(count, 1)
-    return mean.tolist(), (total_sq / max(count, 1) - mean * mean).clamp_min(0).sqrt().tolist()
+    return pixel_mean_std(dataset, max_samples, num_workers=num_workers, seed=seed)
+
+
+def cached_mean_std(path, paths, input_size: int, max_samples: int = 0, num_workers: int = 0, seed: int = 0,
+                    say=print, reuse_only: bool = False) -> tuple[list[float], list[float]]:
+    """``dataset_mean_std``, kept in ``path`` (one JSON line: mean, std and what they were computed
+    from). A file computed from other data paths, input size or sample count is recomputed, and
+    ``say`` tells so; ``reuse_only`` reads the file without computing (ranks other than the main one)."""
+    path = Path(path)
+    source = {"data_paths": [str(Path(p).resolve()) for p in paths], "input_size": int(input_size),
+              "mean_std_samples": int(max_samples)}
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        cached = None
+    if reuse_only or (isinstance(cached, dict) and {k: cached.get(k) for k in source} == source):
+        return cached["mean"], cached["std"]
+    if isinstance(cached, dict):
+        say(f"{path} was computed for {({k: cached.get(k) for k in source})}; recomputing for this run's data")
+    mean, std = dataset_mean_std(paths, input_size, max_samples=max_samples, num_workers=num_workers, seed=seed)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"mean": mean, "std": std, **source}) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return mean, std
 
 
 class DeviceBatches:
-    """A DataLoader of raw batches, each finished by ``DeviceDecoder`` as it is taken."""
+    """A DataLoader of raw batches, each finished by ``DeviceDecoder`` on the device.
+
+    On CUDA the decode runs on a side stream one batch ahead: batch i+1 is decoded (nvJPEG, crop,
+    resize) while the training step of batch i runs on the compute stream, which waits for a batch
+    only when it takes it.
+    """
 
     def __init__(self, loader: DataLoader, decoder: DeviceDecoder):
         self.loader, self.decoder = loader, decoder
@@ -118,9 +136,35 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def _start(self, raw, stream):
+        if raw is None:
+            return None
+        if stream is None:
+            return self.decoder(raw)
+        with torch.cuda.stream(stream):
+            return self.decoder(raw)
+
+    @staticmethod
+    def _hand_over(batch: dict, stream) -> dict:
+        if stream is not None:
+            current = torch.cuda.current_stream(stream.device)
+            current.wait_stream(stream)
+            for key in ("images", "parsing"):
+                batch[key].record_stream(current)  # the allocator must not reuse them too early
+        return batch
+
     def __iter__(self):
-        for raw in self.loader:
-            yield self.decoder(raw)
+        # the DataLoader's iterator (and so its workers) is made now, not at the first batch
+        return self._decoded(iter(self.loader))
+
+    def _decoded(self, raws):
+        device = self.decoder.device
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        pending = self._start(next(raws, None), stream)
+        while pending is not None:
+            following = self._start(next(raws, None), stream)
+            yield self._hand_over(pending, stream)
+            pending = following
 
 
 @dataclass
@@ -138,6 +182,15 @@ class TrainData:
         """The batches of ``epoch`` from batch ``start_batch`` on (a resumed run's position)."""
         self.sampler.set_epoch(epoch, start_index=start_batch * self.batch_size)
         return iter(self.loader)
+
+    def close(self) -> None:
+        """Shut persistent data workers down now, while the run still handles signals, rather than
+        whenever the garbage collector gets to them."""
+        loader = getattr(self.loader, "loader", self.loader)  # DeviceBatches wraps a DataLoader
+        workers = getattr(loader, "_iterator", None)  # a DataLoader's persistent iterator
+        if workers is not None and hasattr(workers, "_shutdown_workers"):
+            workers._shutdown_workers()
+            loader._iterator = None
 
 
 def _choose(loader: str, folders: list[Path], shards: list[Path]) -> str:
@@ -199,7 +252,7 @@ def build_loader(paths, mean, std, *, input_size: int, batch_size: int, augment:
                               drop_last=drop_last, num_workers=num_workers,
                               collate_fn=collate_raw if on_device else collate_faces,
                               pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
-                              worker_init_fn=ignore_stop_signals)
+                              persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals)
     if on_device:
         decoder = DeviceDecoder(input_size, mean, std, device=device, dtype=dtype)
         codec = "nvJPEG" if device.type == "cuda" else "libjpeg"

@@ -35,7 +35,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .folder import NUM_LABELS, _as_roots, _map_problem, _scan
+from .. import cli
+from ..cli import UsageError
+from .faces import NUM_LABELS, parsing_map_problem
+from .folder import as_roots, scan_reference_layout
 from .shards import FORMAT, MANIFEST_NAME, MAP_EXT, format_index
 
 PLAN_NAME = "plan.json"
@@ -89,7 +92,7 @@ def load_sample(image_path: Path, map_path: Path, image_size: tuple[int, int] | 
         parsing = np.load(map_path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001
         return f"unreadable parsing map ({type(exc).__name__}: {exc})"
-    problem = _map_problem(parsing, (image.shape[1], image.shape[0]))
+    problem = parsing_map_problem(parsing, (image.shape[1], image.shape[0]))
     if problem:
         return problem
     if image_size is not None and image.shape[:2] != tuple(image_size):
@@ -219,7 +222,7 @@ def _probe(samples, order, settings: dict) -> tuple[tuple[int, int], float]:
         sizes[loaded[0].shape[:2]] += 1
         nbytes.append(sum(map(len, encode_sample(*loaded, settings))) + _TAR_OVERHEAD)
     if not sizes:
-        raise SystemExit(f"none of the first {min(len(order), _PROBE_SAMPLES)} samples is readable; "
+        raise UsageError(f"none of the first {min(len(order), _PROBE_SAMPLES)} samples is readable; "
                          "check the source folders")
     return tuple(int(x) for x in sizes.most_common(1)[0][0]), float(np.mean(nbytes))
 
@@ -236,7 +239,7 @@ def make_plan(args, samples: list[tuple[int, Path, Path]]) -> dict:
     if path.is_file():
         plan = json.loads(path.read_text(encoding="utf-8"))
         if {k: plan.get(k) for k in wanted} != wanted:
-            raise SystemExit(f"{args.out} holds shards of other sources or settings ({path}); "
+            raise UsageError(f"{args.out} holds shards of other sources or settings ({path}); "
                              "use another --out, or delete that folder to start over")
         return plan
     order = np.random.default_rng(args.seed).permutation(len(samples))
@@ -339,18 +342,18 @@ def write_manifest(out: Path, plan: dict, all_stats: list[dict], missing: list[P
 
 
 def convert(args: argparse.Namespace) -> dict:
-    """The whole conversion; returns dataset.json's content, or raises SystemExit when shards failed."""
+    """The whole conversion; returns dataset.json's content, or raises UsageError when shards failed."""
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.tmp"):  # pieces of a killed run
         stale.unlink()
     samples, missing = [], []
     for number, root in enumerate(args.roots_resolved):
-        pairs, lacking = _scan([root])
+        pairs, lacking = scan_reference_layout([root])
         samples += [(number, image, parsing) for image, parsing in pairs]
         missing += lacking
     if not samples:
-        raise SystemExit(f"no image with a parsing map under {[str(r) for r in args.roots]}")
+        raise UsageError(f"no image with a parsing map under {[str(r) for r in args.roots]}")
     plan = make_plan(args, samples)
     jobs = shard_jobs(out, plan, samples, _sample_keys(samples))
     finished = {job[1]: read_finished(out, job[1]) for job in jobs}
@@ -367,14 +370,14 @@ def convert(args: argparse.Namespace) -> dict:
     if failed:
         for f in failed:
             print(f"make_shards: shard {f['shard']} failed: {f['error']}", file=sys.stderr)
-        raise SystemExit(f"{len(failed)} shard(s) failed (listed above); the others are finished. "
+        raise UsageError(f"{len(failed)} shard(s) failed (listed above); the others are finished. "
                          "Fix the cause and run the same command again to complete the conversion.")
     return write_manifest(out, plan, list(finished.values()), missing)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("fsfm_fast.data.make_shards", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.argument_parser("fsfm_fast.data.make_shards", __doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("roots", nargs="+", type=Path, metavar="SRC", help="reference-layout root(s)")
     p.add_argument("--out", required=True, type=Path, help="output folder for the shards")
     p.add_argument("--shard_size_mb", type=float, default=256.0, help="target size of one tar (MiB)")
@@ -390,13 +393,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag and path, before any work: the sources exist and have the reference layout, and a
+    file can be written in --out."""
+    if not 1 <= args.quality <= 100:
+        raise UsageError(f"--quality must be in 1..100, got {args.quality}")
+    if args.shard_size_mb <= 0 or args.samples_per_shard < 0:
+        raise UsageError("--shard_size_mb must be > 0 and --samples_per_shard >= 0")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {args.workers}")
+    for root in args.roots:
+        if not root.exists():
+            raise UsageError(f"source folder {root} does not exist")
+        if not (root / "images").is_dir():
+            raise UsageError(f"source folder {root} has no images/ folder (expected the reference layout "
+                             "<root>/images/*.png + <root>/parsing_maps/*.npy)")
+    cli.ensure_writable_dir(args.out, "--out")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if not 1 <= args.quality <= 100:
-        raise SystemExit(f"--quality must be in 1..100, got {args.quality}")
-    if args.shard_size_mb <= 0 or args.samples_per_shard < 0:
-        raise SystemExit("--shard_size_mb must be > 0 and --samples_per_shard >= 0")
-    args.roots = _as_roots(args.roots)
+    args.roots = as_roots(args.roots)
+    check_args(args)
     args.roots_resolved = [r.resolve() for r in args.roots]
     start = time.perf_counter()
     manifest = convert(args)
@@ -407,4 +425,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "fsfm_fast.data.make_shards"))

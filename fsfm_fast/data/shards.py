@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .folder import FLIP_LABELS, FaceParsingFolder, _check_values, _map_problem, augment_params
+from .faces import FLIP_LABELS, FaceTransform, parsing_map_problem, rgb_triple, sample_key
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "fsfm_fast.shards/1"
@@ -149,29 +149,30 @@ class ShardIndex:
 
 def _member_name(fd: int, data_offset: int) -> str:
     """The tar member name stored in the header block right before a member's data: names are not
-    kept in memory (millions of strings per worker), one extra 512-byte read gets one when needed."""
+    kept in memory (millions of strings per worker), one extra 512-byte read gets one when needed.
+    Empty when that header is not there (a tar cut before it)."""
     header = os.pread(fd, _TAR_BLOCK, data_offset - _TAR_BLOCK)
+    if len(header) < _TAR_BLOCK:
+        return ""
     return header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------------------------------- dataset
 
 
-class ShardDataset(FaceParsingFolder):
+class ShardDataset(Dataset):
     """Faces and parsing maps from shard folders, with ``FaceParsingFolder``'s contract.
 
     ``dataset[i]`` or ``dataset[(i, epoch)]`` -> dict(image float32 [3,S,S] normalised, parsing uint8
-    [S,S], ok, path "<tar>:<member>", reason). It inherits the folder dataset's key handling,
-    failure record and geometry (PIL bicubic for the image, nearest for the map, flip with the
-    left/right label swap), so both layouts augment a sample the same way.
+    [S,S], ok, path "<tar>:<member>", reason). The same ``FaceTransform`` as the folder dataset (PIL
+    bicubic for the image, nearest for the map, flip with the left/right label swap), so both
+    layouts augment a sample the same way.
     """
 
     def __init__(self, roots, input_size: int, mean, std, augment: bool = False, seed: int = 0):
-        # The folder scan of FaceParsingFolder.__init__ does not apply; the fields its methods use are set here.
-        self._set_transform(input_size, mean, std, augment, seed)
+        self.transform = FaceTransform(input_size, mean, std, augment, seed)
         self.index = ShardIndex(roots)
         self.roots = self.index.roots
-        self.missing_maps = 0
         self._fds: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -206,13 +207,15 @@ class ShardDataset(FaceParsingFolder):
         return image, parsing
 
     def path(self, index: int) -> str:
-        """``<tar>:<member name>`` of sample ``index``'s image, read from its tar header."""
+        """``<tar>:<member name>`` of sample ``index``'s image, read from its tar header; where the
+        header cannot be read (a truncated tar), the sample's byte offset in the tar instead."""
         shard = int(self.index.shard_of[index])
+        offset = int(self.index.image_at[index][0])
         try:
-            name = _member_name(self._fd(shard), int(self.index.image_at[index][0]))
+            name = _member_name(self._fd(shard), offset)
         except OSError:
-            name = f"sample {index}"
-        return f"{self.index.tars[shard]}:{name}"
+            name = ""
+        return f"{self.index.tars[shard]}:{name or f'<sample {index} at byte {offset}>'}"
 
     def _load(self, index: int):
         """(PIL image, uint8 map) or a failure record."""
@@ -221,30 +224,26 @@ class ShardDataset(FaceParsingFolder):
             with Image.open(io.BytesIO(image_bytes)) as im:
                 image = im.convert("RGB")
         except Exception as exc:  # noqa: BLE001  any read or decode failure marks the sample, never the run
-            return self._failed(self.path(index), f"unreadable image ({type(exc).__name__}: {exc})")
+            return self.transform.failed(self.path(index), f"unreadable image ({type(exc).__name__}: {exc})")
         try:
             with Image.open(io.BytesIO(map_bytes)) as im:
                 parsing = np.array(im)
         except Exception as exc:  # noqa: BLE001
-            return self._failed(self.path(index), f"unreadable parsing map ({type(exc).__name__}: {exc})")
-        problem = _map_problem(parsing, image.size)
-        return self._failed(self.path(index), problem) if problem else (image, parsing.astype(np.uint8, copy=False))
+            return self.transform.failed(self.path(index), f"unreadable parsing map ({type(exc).__name__}: {exc})")
+        problem = parsing_map_problem(parsing, image.size)
+        return self.transform.failed(self.path(index), problem) if problem else (image, parsing)
 
     def __getitem__(self, key) -> dict:
-        index, epoch = self._key(key)
+        index, epoch = sample_key(key, len(self))
         loaded = self._load(index)
         if isinstance(loaded, dict):
             return loaded
-        image, parsing = self._geometry(*loaded, index, epoch)
-        pixels = (np.asarray(image, np.float32) * np.float32(1.0 / 255.0) - self.mean) / self.std
-        return {"image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
-                "parsing": torch.from_numpy(np.ascontiguousarray(parsing)),
-                "ok": True, "path": self.path(index), "reason": ""}
+        return self.transform.sample(*loaded, index, epoch, self.path(index))
 
     def raw_item(self, key) -> dict:
         """What a worker hands to ``DeviceDecoder``: the JPEG bytes undecoded (PNG images decoded
         here, nvJPEG cannot), the map at full size, and the sample's crop box and flip."""
-        index, epoch = self._key(key)
+        index, epoch = sample_key(key, len(self))
         try:
             image_bytes, map_bytes = self._read(index)
             with Image.open(io.BytesIO(image_bytes)) as im:
@@ -254,12 +253,10 @@ class ShardDataset(FaceParsingFolder):
                 parsing = np.array(im)
         except Exception as exc:  # noqa: BLE001
             return {"ok": False, "path": self.path(index), "reason": f"unreadable sample ({type(exc).__name__}: {exc})"}
-        problem = _map_problem(parsing, size)
+        problem = parsing_map_problem(parsing, size)
         if problem:
             return {"ok": False, "path": self.path(index), "reason": problem}
-        box, flip = (0, 0) + size, False
-        if self.augment:
-            box, flip = augment_params(self.seed, epoch, index, *size)
+        box, flip = self.transform.box_and_flip(index, epoch, *size)
         image = (torch.frombuffer(bytearray(image_bytes), dtype=torch.uint8) if jpeg
                  else torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
         return {"ok": True, "path": self.path(index), "image": image, "jpeg": jpeg,
@@ -296,33 +293,46 @@ def collate_raw(samples: list[dict]) -> dict:
 # --------------------------------------------------------------------------------- device decode
 
 
+def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    if mode == "bicubic":
+        return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return F.interpolate(x, size=(size, size), mode="nearest-exact")
+
+
 def crop_flip_resize(images: torch.Tensor, parsing: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
                      size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample crop box (left, top, right, bottom) resized to ``size`` and optional mirror, for a batch
-    of float images [B,3,H,W] and uint8 maps [B,H,W], in two batched ``grid_sample`` calls sharing one
-    sampling grid: bicubic for the image, nearest for the map, so both move together.
+    """Per sample, cut its crop box (left, top, right, bottom, whole pixels as ``augment_params`` draws
+    them) out of the full-resolution float image [B,3,H,W] and uint8 map [B,H,W], resize both to
+    ``size``, and mirror where ``flips`` says (the map's left/right labels swapped).
 
-    Sampling positions follow PIL's ``resize(box=...)``: output pixel i reads the input at
-    ``left + (i + 0.5) * width / size``. The grid is in coordinates relative to the image, so it also
-    fits a resized copy: when ``size`` is below the image side, the images are first shrunk by an
-    antialiased resize (all share one size) because ``grid_sample`` alone would alias; the map, read
-    by nearest neighbour, needs no filter and is sampled at full resolution.
+    The crop comes first, so a small crop is magnified from the source pixels (resizing the whole
+    image first would throw away the detail the crop magnifies). The image is resized bicubic with
+    PIL's kernel (a = -0.5, antialiased when shrinking); the map by nearest neighbour at PIL's
+    positions (output pixel i reads ``left + floor((i + 0.5) * width / size)``), so both move
+    together. Crops of one size share one resize call: without augmentation, the whole batch.
     """
-    b, _, h, w = images.shape
-    boxes = boxes.to(torch.float64)
-    theta = torch.zeros(b, 2, 3, dtype=torch.float64)
-    theta[:, 0, 0] = (boxes[:, 2] - boxes[:, 0]) / w * torch.where(flips.cpu(), -1.0, 1.0).double()
-    theta[:, 0, 2] = (boxes[:, 0] + boxes[:, 2]) / w - 1.0
-    theta[:, 1, 1] = (boxes[:, 3] - boxes[:, 1]) / h
-    theta[:, 1, 2] = (boxes[:, 1] + boxes[:, 3]) / h - 1.0
-    grid = F.affine_grid(theta.to(images.device, images.dtype), [b, 1, size, size], align_corners=False)
-    if size < max(h, w):
-        images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    out = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False)
-    labels = F.grid_sample(parsing[:, None].to(images.dtype), grid, mode="nearest", padding_mode="border",
-                           align_corners=False)[:, 0].round().to(torch.uint8)
-    lut = torch.from_numpy(FLIP_LABELS).to(labels.device)
-    labels = torch.where(flips.to(labels.device)[:, None, None], lut[labels.long()], labels)
+    b = images.shape[0]
+    out = images.new_empty((b, images.shape[1], size, size))
+    labels = parsing.new_empty((b, size, size))
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
+    for i, box in enumerate(boxes.round().long().tolist()):
+        groups.setdefault(tuple(box), []).append(i)
+    for (left, top, right, bottom), members in groups.items():
+        if len(members) == b:
+            rows = slice(None)
+        elif len(members) == 1:
+            rows = slice(members[0], members[0] + 1)
+        else:
+            rows = torch.tensor(members, device=images.device)
+        out[rows] = _resize(images[rows, :, top:bottom, left:right], size, "bicubic")
+        labels[rows] = _resize(parsing[rows, None, top:bottom, left:right], size, "nearest")[:, 0]
+    if bool(flips.any()):
+        mirror = flips.to(images.device)
+        out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
+        lut = torch.from_numpy(FLIP_LABELS).to(labels.device)
+        labels = torch.where(mirror[:, None, None], lut[labels.flip(-1).long()], labels)
     return out, labels
 
 
@@ -337,8 +347,8 @@ class DeviceDecoder:
         self.input_size = int(input_size)
         self.device = torch.device(device)
         self.dtype = dtype
-        self.mean = torch.tensor(_check_values(mean, "mean"), device=self.device).view(1, 3, 1, 1) * 255.0
-        self.scale = 1.0 / (torch.tensor(_check_values(std, "std"), device=self.device).view(1, 3, 1, 1) * 255.0)
+        self.mean = torch.tensor(rgb_triple(mean, "mean"), device=self.device).view(1, 3, 1, 1) * 255.0
+        self.scale = 1.0 / (torch.tensor(rgb_triple(std, "std"), device=self.device).view(1, 3, 1, 1) * 255.0)
 
     def _decode(self, raw: dict) -> list:
         """Each sample's RGB uint8 [3,H,W] on the device, or the reason it could not be decoded."""
@@ -380,11 +390,7 @@ class DeviceDecoder:
         if failed:
             parsing, boxes, flips = parsing[keep], boxes[keep], flips[keep]
         parsing = parsing.to(self.device, non_blocking=True)
-        h, w = images.shape[-2:]
-        if (boxes == torch.tensor([0, 0, w, h], dtype=boxes.dtype)).all() and not flips.any() and (h, w) == (s, s):
-            out, labels = images, parsing
-        else:
-            out, labels = crop_flip_resize(images, parsing, boxes, flips, s)
+        out, labels = crop_flip_resize(images, parsing, boxes, flips, s)
         batch["images"] = ((out.clamp_(0.0, 255.0) - self.mean) * self.scale).to(self.dtype)
         batch["parsing"] = labels
         return batch

@@ -9,6 +9,7 @@ from fsfm_fast.models.detector import (
     load_pretrained_encoder,
 )
 from fsfm_fast.models.fsfm import (
+    REP_POS_EMBEDS,
     FSFMTrunk,
     OnlineNetwork,
     OnlineOutput,
@@ -22,6 +23,7 @@ from fsfm_fast.models.fsfm import (
 __all__ = [
     "DETECTOR_FORMAT",
     "MODEL_CONFIGS",
+    "REP_POS_EMBEDS",
     "DetectorConfig",
     "PretrainedEncoder",
     "create_detector",

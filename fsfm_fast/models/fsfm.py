@@ -27,9 +27,14 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList
     )
 
 
-def _fixed_pos_embed(dim: int, grid: tuple[int, int]) -> nn.Parameter:
+REP_POS_EMBEDS = ("zeros", "sincos")
+
+
+def _fixed_pos_embed(dim: int, grid: tuple[int, int], init: str = "sincos") -> nn.Parameter:
     # A frozen Parameter rather than a buffer: the reference checkpoints store it under this key
     # and the reference EMA walks named_parameters(), so both must see it.
+    if init == "zeros":
+        return nn.Parameter(torch.zeros(1, grid[0] * grid[1] + 1, dim), requires_grad=False)
     return nn.Parameter(sincos_2d(dim, grid).unsqueeze(0), requires_grad=False)
 
 
@@ -50,10 +55,15 @@ class ProjectionMLP(nn.Module):
 
 
 class FSFMTrunk(nn.Module):
-    """Encoder, representation decoder and projector: what the online and target networks share."""
+    """Encoder, representation decoder and projector: what the online and target networks share.
+
+    ``rep_decoder_pos_embed``: "zeros" (default) as the reference, which builds that frozen tensor
+    as zeros and never fills it, so every released model was pretrained with zeros there (SPEC
+    section 3); "sincos" fills it like the other position embeddings, for ablations.
+    """
 
     def __init__(self, config: ModelConfig, img_size: int = 224, ops_backend: str = "auto",
-                 name: str | None = None):
+                 name: str | None = None, rep_decoder_pos_embed: str = "zeros"):
         super().__init__()
         c = config
         p = c.patch_size
@@ -63,6 +73,8 @@ class FSFMTrunk(nn.Module):
             raise ValueError(f"config for {name}: rep_dim {c.rep_dim} must equal embed_dim {c.embed_dim}")
         if not isinstance(img_size, int) or img_size <= 0 or img_size % p:
             raise ValueError(f"img_size must be a positive multiple of the patch size {p}, got {img_size}")
+        if rep_decoder_pos_embed not in REP_POS_EMBEDS:
+            raise ValueError(f"rep_decoder_pos_embed must be one of {REP_POS_EMBEDS}, got {rep_decoder_pos_embed!r}")
         self.config = c
         self.model_name = name
         self.patch_size = p
@@ -70,6 +82,7 @@ class FSFMTrunk(nn.Module):
         self.grid = (img_size // p, img_size // p)
         self.num_patches = self.grid[0] * self.grid[1]
         self.ops_backend = ops_backend
+        self.rep_pos_init = rep_decoder_pos_embed
 
         self.patch_embed = PatchEmbed(img_size, p, 3, c.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
@@ -79,7 +92,7 @@ class FSFMTrunk(nn.Module):
 
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.rep_dim))
         self.rep_decoder_embed = nn.Linear(c.embed_dim, c.rep_dim)
-        self.rep_decoder_pos_embed = _fixed_pos_embed(c.rep_dim, self.grid)
+        self.rep_decoder_pos_embed = _fixed_pos_embed(c.rep_dim, self.grid, rep_decoder_pos_embed)
         self.rep_decoder_blocks = _blocks(c.rep_dim, c.rep_depth, c.rep_heads, c.mlp_ratio)
         self.rep_decoder_norm = _norm_layer(c.rep_dim)
         self.rep_decoder_pred = nn.Linear(c.rep_dim, c.embed_dim)
@@ -114,28 +127,30 @@ class FSFMTrunk(nn.Module):
                 f"img_size={s}, got {list(images.shape)}"
             )
 
-    def encode(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None,
+               validate: bool = True) -> torch.Tensor:
         """Encoder over the patches listed in ids_keep (all patches when None) -> [B, 1+K, D]."""
         if ids_keep is None:
             x = self.patch_embed(images) + self.pos_embed[:, 1:]
         else:
             proj = self.patch_embed.proj
             x = ops.gather_visible(images, ids_keep, proj.weight, proj.bias, self.pos_embed[0, 1:],
-                                   backend=self.ops_backend)
+                                   backend=self.ops_backend, validate=validate)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
 
-    def decode_rep(self, latent: torch.Tensor, ids_restore: torch.Tensor | None = None) -> torch.Tensor:
+    def decode_rep(self, latent: torch.Tensor, ids_restore: torch.Tensor | None = None,
+                   validate: bool = True) -> torch.Tensor:
         """Representation decoder -> [B, 1+L, D]; ids_restore None: latent already holds all L patches."""
         x = self.rep_decoder_embed(latent)
         if ids_restore is None:
             x = x + self.rep_decoder_pos_embed
         else:
             x = ops.restore_masked(x, ids_restore, self.mask_token, self.rep_decoder_pos_embed[0],
-                                   backend=self.ops_backend)
+                                   backend=self.ops_backend, validate=validate)
         for blk in self.rep_decoder_blocks:
             x = blk(x)
         return self.rep_decoder_pred(self.rep_decoder_norm(x))
@@ -149,8 +164,8 @@ class TargetNetwork(FSFMTrunk):
     """The EMA branch: sees the whole face, returns its L2-normalised projection."""
 
     def __init__(self, config: ModelConfig, img_size: int = 224, ops_backend: str = "auto",
-                 name: str | None = None):
-        super().__init__(config, img_size, ops_backend, name)
+                 name: str | None = None, rep_decoder_pos_embed: str = "zeros"):
+        super().__init__(config, img_size, ops_backend, name, rep_decoder_pos_embed)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -161,7 +176,7 @@ class TargetNetwork(FSFMTrunk):
     @classmethod
     def from_online(cls, online: OnlineNetwork) -> TargetNetwork:
         """A frozen target with every shared weight copied from ``online``, on its device and dtype."""
-        target = cls(online.config, online.img_size, online.ops_backend, online.model_name)
+        target = cls(online.config, online.img_size, online.ops_backend, online.model_name, online.rep_pos_init)
         target.to(device=online.cls_token.device, dtype=online.cls_token.dtype)
         source = online.state_dict()
         target.load_state_dict({k: source[k] for k in target.state_dict()}, strict=True)
@@ -204,8 +219,8 @@ class OnlineNetwork(FSFMTrunk):
 
     def __init__(self, config: ModelConfig, img_size: int = 224, norm_pix_loss: bool = True,
                  weight_sfr: float = 0.007, weight_cl: float = 0.1, cl_loss: str = "simsiam",
-                 ops_backend: str = "auto", name: str | None = None):
-        super().__init__(config, img_size, ops_backend, name)
+                 ops_backend: str = "auto", name: str | None = None, rep_decoder_pos_embed: str = "zeros"):
+        super().__init__(config, img_size, ops_backend, name, rep_decoder_pos_embed)
         if cl_loss not in _CL_LOSSES:
             raise ValueError(f"cl_loss must be one of {_CL_LOSSES}, got {cl_loss!r}")
         c = config
@@ -223,12 +238,13 @@ class OnlineNetwork(FSFMTrunk):
         self.decoder_pred = nn.Linear(c.decoder_dim, c.patch_size ** 2 * 3)
         self.reset_parameters()
 
-    def decode_pixels(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    def decode_pixels(self, latent: torch.Tensor, ids_restore: torch.Tensor, validate: bool = True) -> torch.Tensor:
         """Pixel decoder -> [B, L, p*p*3] (cls dropped)."""
         if self.ops_backend == "torch":
             # The reference order: fill hidden places with the rep decoder's mask token in
             # encoder width, then embed all L+1 tokens.
-            x = ops.restore_masked(latent, ids_restore, self.mask_token, None, backend="torch")
+            x = ops.restore_masked(latent, ids_restore, self.mask_token, None, backend="torch",
+                                   validate=validate)
             x = self.decoder_embed(x) + self.decoder_pos_embed
         else:
             # decoder_embed acts on each token alone, so embedding the K+1 real tokens and the
@@ -236,7 +252,7 @@ class OnlineNetwork(FSFMTrunk):
             # the restore adds decoder_pos_embed in the same pass.
             fill = self.decoder_embed(self.mask_token)
             x = ops.restore_masked(self.decoder_embed(latent), ids_restore, fill,
-                                   self.decoder_pos_embed[0], backend=self.ops_backend)
+                                   self.decoder_pos_embed[0], backend=self.ops_backend, validate=validate)
         for blk in self.decoder_blocks:
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
@@ -250,9 +266,10 @@ class OnlineNetwork(FSFMTrunk):
 
     def forward(self, images: torch.Tensor, img_mask: torch.Tensor, fr_mask: torch.Tensor,
                 target_features: torch.Tensor | None = None,
-                ids: tuple[torch.Tensor, torch.Tensor] | None = None) -> OnlineOutput:
-        """ids: ops.mask_to_indices(img_mask) when already at hand; computing it reads the mask on
-        the host (K sets the shapes), so torch.compile(fullgraph=True) needs it passed in."""
+                ids: tuple[torch.Tensor, torch.Tensor] | None = None, validate: bool = True) -> OnlineOutput:
+        """ids: ops.mask_to_indices(img_mask, K) when already at hand; without them K is read from
+        the mask on the host. validate=False: the masks and indices come from the training step
+        itself, so the ops skip the checks of their values (each a host sync on a GPU)."""
         self.check_images(images)
         batch = images.shape[0]
         self._check_mask("img_mask", img_mask, batch)
@@ -262,17 +279,17 @@ class OnlineNetwork(FSFMTrunk):
                              f"got {list(target_features.shape)}")
 
         # One implementation for every backend: it only sorts the mask.
-        ids_keep, ids_restore = ids if ids is not None else ops.mask_to_indices(img_mask)
-        latent = self.encode(images, ids_keep)
-        rep = self.decode_rep(latent, ids_restore)
+        ids_keep, ids_restore = ids if ids is not None else ops.mask_to_indices(img_mask, validate=validate)
+        latent = self.encode(images, ids_keep, validate)
+        rep = self.decode_rep(latent, ids_restore, validate)
         features = F.normalize(self.predictor(self.project(rep)), dim=-1)
-        pred = self.decode_pixels(latent, ids_restore)
+        pred = self.decode_pixels(latent, ids_restore, validate)
 
         with_cl = target_features is not None
         losses = ops.fsfm_loss(
             pred, images, img_mask, fr_mask, features if with_cl else None, target_features,
             patch_size=self.patch_size, norm_pix_loss=self.norm_pix_loss, weight_sfr=self.weight_sfr,
-            weight_cl=self.weight_cl, cl_loss=self.cl_loss, backend=self.ops_backend,
+            weight_cl=self.weight_cl, cl_loss=self.cl_loss, backend=self.ops_backend, validate=validate,
         )
         return OnlineOutput(
             loss=losses.total, loss_rec_all=losses.rec_all, loss_rec_sfr=losses.rec_sfr,

@@ -1,7 +1,10 @@
 """Input validation and backend choice shared by the public ops.
 
 Every public op checks its inputs here before any work starts, so a bad call fails with a
-message that names the tensor, instead of a shape error deep inside a kernel.
+message that names the tensor, instead of a shape error deep inside a kernel. Checks of shapes,
+dtypes and devices are free; checks of tensor *values* read the tensor back to the host, which on
+a GPU stalls kernel launch. The public ops run both by default; a caller that produced its inputs
+itself (the training step) passes ``validate=False`` and skips the value checks.
 """
 from __future__ import annotations
 
@@ -14,6 +17,11 @@ BACKEND_ENV = "FSFM_OPS_BACKEND"
 KNOWN_BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
 MASK_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32,
                torch.float64)
+
+
+# Ops whose compiled or Triton implementation failed the start-up self-check (ops.selfcheck), with
+# the reason: "auto" resolves to the reference for them for the rest of the process.
+FALLBACKS: dict[str, str] = {}
 
 
 def env_backend() -> Optional[str]:
@@ -33,6 +41,8 @@ def resolve_backend(backend: str, supported: Sequence[str], op: str) -> str:
     allowed = ("auto",) + tuple(supported)
     if not isinstance(backend, str) or backend not in allowed:
         raise ValueError(f"{op}: backend must be one of {allowed}, got {backend!r}")
+    if backend == "auto" and op in FALLBACKS:
+        return "torch"
     if backend == "auto":
         forced = env_backend()
         if forced in supported:
@@ -103,24 +113,34 @@ def check_mask_ratio(mask_ratio) -> None:
         raise ValueError(f"mask_ratio must be a number in (0, 1), got {mask_ratio!r}")
 
 
-def check_mask(mask, name: str, shape: Sequence[int]) -> None:
+def check_mask(mask, name: str, shape: Sequence[int], validate: bool = True) -> None:
     """A [B, L] mask of bool, uint8 or float holding only 0 and 1 (1 = hidden)."""
     check_tensor(mask, name, ndim=2, dtypes=MASK_DTYPES)
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
-    if mask.dtype != torch.bool and values_checkable() \
+    if validate and mask.dtype != torch.bool and values_checkable() \
             and bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError(f"{name} must hold only 0 and 1 (1 = hidden)")
 
 
-def check_indices(ids, name: str, batch: int, upper: int) -> None:
-    """An int64 [batch, N] index tensor with values in [0, upper)."""
+def check_indices(ids, name: str, batch: int, upper: int, validate: bool = True) -> None:
+    """An int64 [batch, N] index tensor with values in [0, upper), no value twice in a row.
+
+    Every backend refuses repeats: the reference would silently copy a token twice, and the
+    Triton backwards scatter one gradient row per index, so a repeated one would lose one.
+    """
     check_tensor(ids, name, ndim=2, dtypes=(torch.int64,))
     if ids.shape[0] != batch:
         raise ValueError(f"{name} must have batch size {batch}, got shape {tuple(ids.shape)}")
-    if ids.numel() and values_checkable() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
+    if not (validate and ids.numel() and values_checkable()):
+        return
+    if int(ids.min()) < 0 or int(ids.max()) >= upper:
         raise ValueError(f"{name} values must be in [0, {upper}), "
                          f"got range [{int(ids.min())}, {int(ids.max())}]")
+    ordered = ids.sort(dim=1).values
+    if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+        raise ValueError(f"{name} repeats an index within a row; each row must list distinct "
+                         f"patches (as mask_to_indices gives)")
 
 
 def squeeze_leading(t: torch.Tensor, name: str, rows: int, dim: int) -> torch.Tensor:

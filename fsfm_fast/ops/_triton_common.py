@@ -4,6 +4,8 @@ Imported only by the kernel modules, which the public ops import on first Triton
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import triton
 import triton.language as tl
@@ -26,6 +28,12 @@ def check_launchable(kernel, device: torch.device, op: str) -> None:
         raise RuntimeError(f"{op}: the Triton kernels were built for the GPU, so they cannot take CPU "
                            f"tensors; set TRITON_INTERPRET=1 before fsfm_fast's Triton kernels are "
                            f"first used to run them in the interpreter")
+
+
+def on_device(t: torch.Tensor):
+    """Make the tensor's GPU current for a launch, as the C++ ops' device guard does: Triton
+    launches on the current device, which under ``--device cuda:N`` need not be the tensor's."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else nullcontext()
 
 
 def dot_config(compute_dtype: torch.dtype, kernel) -> dict:

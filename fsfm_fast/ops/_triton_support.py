@@ -12,8 +12,6 @@ from typing import Iterable, Optional
 
 import torch
 
-from ._checks import values_checkable
-
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # Looked up once: dynamo then sees a constant instead of an import-system call.
@@ -56,15 +54,3 @@ def use_triton(backend: str, op: str, device: torch.device,
     raise RuntimeError(f"{op}: backend 'triton' needs CUDA tensors (got {device}); on the CPU it runs "
                        f"only under the Triton interpreter, TRITON_INTERPRET=1 set before fsfm_fast's "
                        f"Triton kernels are first used")
-
-
-def check_unique_rows(ids: torch.Tensor, name: str, op: str) -> None:
-    """The Triton backwards scatter one gradient row per index: a repeated index would lose one.
-    Skipped while torch.compile traces, like every check of tensor contents."""
-    if ids.shape[1] < 2 or not values_checkable():
-        return
-    ordered = ids.sort(dim=1).values
-    if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
-        raise ValueError(f"{op}: {name} repeats an index within a row; the Triton backend needs "
-                         f"distinct indices per row (as mask_to_indices gives)")
-

@@ -123,7 +123,7 @@ def crfrp_mask(parsing: torch.Tensor, patch_size: int = 16, mask_ratio: float = 
                strategy: str = "crfr_p", region: str = "batch",
                region_index: Union[int, torch.Tensor, None] = None,
                generator: Optional[torch.Generator] = None, backend: str = "auto",
-               seed: Optional[int] = None, offset: int = 0):
+               seed: Optional[int] = None, offset: int = 0, validate: bool = True):
     """Hide exactly int(mask_ratio * L) patches per image of a uint8 [B, H, W] parsing batch.
 
     Returns (img_mask, fr_mask), bool [B, L], True = hidden, fr_mask a subset of img_mask.
@@ -135,6 +135,10 @@ def crfrp_mask(parsing: torch.Tensor, patch_size: int = 16, mask_ratio: float = 
     or seed/offset (ints) name the stream directly; then the "cpu" and "cuda" backends return the
     same masks for the same (seed, offset), on any device and in any data worker, and the mask of
     image b depends only on (seed, offset, b) and that image's parsing map.
+
+    validate: check that every label is in 0..10. On a GPU that is a reduction read back to the
+    host; the training loop validates the maps where it loads them and passes False. An unchecked
+    label above 10 touches no group: the masks still hold exactly M ones and fr ⊆ img.
     """
     check_tensor(parsing, "parsing", ndim=3, dtypes=(torch.uint8,))
     check_patch_size(patch_size, parsing.shape[1], parsing.shape[2], "parsing")
@@ -149,7 +153,8 @@ def crfrp_mask(parsing: torch.Tensor, patch_size: int = 16, mask_ratio: float = 
                                  parsing.device)
     _check_region_index(region_index, parsing.shape[0], check_values=chosen == "torch")
     if chosen == "torch":
-        check_parsing(parsing, patch_size)
+        if validate:
+            check_parsing(parsing, patch_size)
         if seed is not None:
             generator = _reference_generator(seed, offset, parsing.device)
         return reference.crfrp_mask(parsing, patch_size, float(mask_ratio), strategy=strategy,
@@ -161,7 +166,7 @@ def crfrp_mask(parsing: torch.Tensor, patch_size: int = 16, mask_ratio: float = 
         return torch.ops.fsfm_fast.crfrp_mask(
             parsing, patch_size, float(mask_ratio), strategy, region,
             _region_tensor(region_index, parsing.shape[0], parsing.device),
-            _as_int64(seed), _as_int64(offset))
+            _as_int64(seed), _as_int64(offset), bool(validate))
     except (ValueError, TypeError):
         if undo is not None:
             undo()
@@ -169,7 +174,7 @@ def crfrp_mask(parsing: torch.Tensor, patch_size: int = 16, mask_ratio: float = 
 
 
 def _crfrp_mask_fake(parsing, patch_size, mask_ratio, strategy, region, region_index, seed,
-                     offset):
+                     offset, check_labels=True):
     shape = fake_patch_grid(parsing, patch_size)
     return (parsing.new_empty(shape, dtype=torch.bool),
             parsing.new_empty(shape, dtype=torch.bool))
@@ -179,18 +184,10 @@ if _ext.has_extension():
     torch.library.register_fake(_OP_NAME)(_crfrp_mask_fake)
 
 
-def region_presence(parsing: torch.Tensor, patch_size: int, backend: str = "auto") -> torch.Tensor:
-    """int16 [B, L]: bit k set iff label k occurs in the patch (PyTorch-only version)."""
-    check_parsing(parsing, patch_size)
-    resolve_backend(backend, _BACKENDS, "region_presence")
-    return reference.region_presence(parsing, patch_size)
-
-
-def group_touch(presence: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def group_touch(presence: torch.Tensor) -> torch.Tensor:
     """bool [B, 8, L]: patches touching each group, in GROUP_NAMES order."""
     check_tensor(presence, "presence", ndim=2, dtypes=(torch.int16,))
     if presence.numel() and (int(presence.min()) < 0
                              or int(presence.max()) >= 1 << reference.NUM_LABELS):
         raise ValueError(f"presence holds bits above label {reference.NUM_LABELS - 1}")
-    resolve_backend(backend, _BACKENDS, "group_touch")
     return reference.group_touch(presence)

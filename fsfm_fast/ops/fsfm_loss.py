@@ -11,7 +11,7 @@ import torch
 
 from . import reference
 from ._checks import (check_mask, check_patch_size, check_same_device, check_tensor,
-                      resolve_backend)
+                      resolve_backend, values_checkable)
 from ._triton_support import use_triton
 from .reference import FSFMLoss
 
@@ -50,32 +50,50 @@ def _check_features(online, target, batch: int) -> None:
                          f"{tuple(target.shape)} must have the same shape")
 
 
+def _check_region_inside(img_mask: torch.Tensor, fr_mask: torch.Tensor) -> None:
+    """fr_mask must be a subset of img_mask: the fully hidden region is hidden. Checked on the
+    device where a host read would stall the GPU (a failure is a device-side assert)."""
+    outside = (fr_mask != 0) & (img_mask == 0)
+    if outside.device.type == "cuda":
+        torch._assert_async(~outside.any(), "fsfm_loss: fr_mask marks patches that img_mask does not hide")
+    elif bool(outside.any()):
+        rows = sorted({int(b) for b in outside.nonzero()[:, 0][:5]})
+        raise ValueError(f"fsfm_loss: fr_mask must be a subset of img_mask (the covered region is hidden), "
+                         f"but it marks visible patches in image(s) {rows}")
+
+
 def fsfm_loss(pred: torch.Tensor, images: torch.Tensor, img_mask: torch.Tensor,
               fr_mask: torch.Tensor, online_features: Optional[torch.Tensor] = None,
               target_features: Optional[torch.Tensor] = None, *, patch_size: int,
               norm_pix_loss: bool = True, weight_sfr: float = 0.007, weight_cl: float = 0.1,
-              cl_loss: str = "simsiam", backend: str = "auto") -> FSFMLoss:
+              cl_loss: str = "simsiam", backend: str = "auto", validate: bool = True) -> FSFMLoss:
     """FSFMLoss(total, rec_all, rec_sfr, cl) as fp32 scalars.
 
     rec_all / rec_sfr: mean per-patch squared error over the hidden patches / the fully hidden
     region (0 when fr_mask is empty); cl: distillation loss, 0 without features. target_features
-    never receive gradient.
+    never receive gradient. An empty batch is an error: there is no loss to define. ``validate``
+    checks the mask values (0/1, fr_mask inside img_mask); the training step, which made the
+    masks itself, passes False.
     """
     check_tensor(images, "images", ndim=4, floating=True)
     check_patch_size(patch_size, images.shape[2], images.shape[3], "images")
     B, C, H, W = images.shape
+    if B == 0:
+        raise ValueError("fsfm_loss: the batch is empty (0 images); a loss needs at least one image")
     num_patches = (H // patch_size) * (W // patch_size)
     check_tensor(pred, "pred", ndim=3, floating=True)
     expected = (B, num_patches, patch_size * patch_size * C)
     if tuple(pred.shape) != expected:
         raise ValueError(f"pred must have shape {expected}, got {tuple(pred.shape)}")
-    check_mask(img_mask, "img_mask", (B, num_patches))
-    check_mask(fr_mask, "fr_mask", (B, num_patches))
+    check_mask(img_mask, "img_mask", (B, num_patches), validate)
+    check_mask(fr_mask, "fr_mask", (B, num_patches), validate)
     _check_features(online_features, target_features, B)
     if cl_loss not in reference.CL_LOSSES:
         raise ValueError(f"cl_loss must be one of {reference.CL_LOSSES}, got {cl_loss!r}")
     check_same_device("fsfm_loss", pred=pred, images=images, img_mask=img_mask, fr_mask=fr_mask,
                       online_features=online_features, target_features=target_features)
+    if validate and values_checkable():
+        _check_region_inside(img_mask, fr_mask)
     chosen = resolve_backend(backend, _BACKENDS, "fsfm_loss")
     # Masks are only compared with 0 in the kernels, so their dtype never rules Triton out.
     if use_triton(chosen, "fsfm_loss", pred.device,

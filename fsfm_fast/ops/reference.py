@@ -193,11 +193,15 @@ def crfrp_mask(parsing: torch.Tensor, patch_size: int = 16, mask_ratio: float = 
     return img_mask, fr_mask
 
 
-def mask_to_indices(img_mask: torch.Tensor):
-    """(ids_keep [B, K], ids_restore [B, L]): visible patches first, then hidden, each ascending."""
+def mask_to_indices(img_mask: torch.Tensor, num_keep: Optional[int] = None):
+    """(ids_keep [B, K], ids_restore [B, L]): visible patches first, then hidden, each ascending.
+
+    K is num_keep when given (static shapes, nothing read back), else read from the first row.
+    """
     hidden = (img_mask != 0).to(torch.int8)
     ids_shuffle = hidden.argsort(dim=1, stable=True)
-    num_keep = img_mask.shape[1] - int(hidden[0].sum()) if img_mask.shape[0] else 0
+    if num_keep is None:
+        num_keep = img_mask.shape[1] - int(hidden[0].sum()) if img_mask.shape[0] else 0
     ids_restore = ids_shuffle.argsort(dim=1)
     return ids_shuffle[:, :num_keep], ids_restore
 
@@ -310,8 +314,18 @@ def fsfm_loss(pred: torch.Tensor, images: torch.Tensor, img_mask: torch.Tensor,
 
 @torch.no_grad()
 def ema_update(target_params: Sequence[torch.Tensor], online_params: Sequence[torch.Tensor],
-               momentum: float) -> None:
-    """target := momentum * target + (1 - momentum) * online, in place."""
+               momentum: float, skip: Optional[torch.Tensor] = None) -> None:
+    """target := momentum * target + (1 - momentum) * online, in place.
+
+    skip: a 0-dim bool tensor on the parameters' device; where True the update leaves the target
+    exactly as it was (a weight of 0), decided on the device with nothing read back to the host.
+    """
     targets, onlines = list(target_params), list(online_params)
-    if targets:
-        torch._foreach_lerp_(targets, onlines, 1.0 - float(momentum))
+    if not targets:
+        return
+    weight = 1.0 - float(momentum)
+    if skip is None:
+        torch._foreach_lerp_(targets, onlines, weight)
+    else:
+        weights = torch.where(skip, 0.0, weight).to(targets[0].dtype)
+        torch._foreach_lerp_(targets, onlines, [weights] * len(targets))

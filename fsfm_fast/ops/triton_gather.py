@@ -7,8 +7,12 @@ the image that is hidden is never read. The backward has two kernels, each ownin
 tile (no atomics, so bit-reproducible): the weight (and bias) gradient reduces over tokens in
 fixed splits that are summed afterwards, and the image gradient writes each visible patch once.
 
-Entry points: `gather_visible` (eager: an autograd.Function; under torch.compile: the custom op
-`fsfm_fast::gather_visible`, whose backward is the custom op `fsfm_fast::gather_visible_backward`).
+Entry point: `gather_visible`, the custom op `fsfm_fast::gather_visible` (eager and under
+torch.compile alike), whose backward is the custom op `fsfm_fast::gather_visible_backward`.
+
+Loop bounds are compile-time constants (the embedding width, 3*p*p, the tokens per weight-gradient
+split): the compiler can unroll and pipeline them, and Triton's interpreter, which cannot take a
+runtime loop bound in every version, runs the same code.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ._triton_common import (autocast_dtype, check_launchable, dot_acc, dot_config, is_interpreted,
-                             num_sms)
+                             num_sms, on_device)
 
 _OP = "gather_visible"
 
@@ -52,8 +56,8 @@ def _pixel_offsets(ks, KD, IMG_W, PLANE, P: tl.constexpr):
 
 @triton.jit
 def _embed_fwd_kernel(img_ptr, ids_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr,
-                      M, KEEP, N, KD, L, GRID_W, IMG_W, PLANE, IMG_STRIDE,
-                      P: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      M, KEEP, L, GRID_W, IMG_W, PLANE, IMG_STRIDE,
+                      N: tl.constexpr, KD: tl.constexpr, P: tl.constexpr, HAS_BIAS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       DOT_DTYPE: tl.constexpr, DOT_UPCAST: tl.constexpr,
                       DOT_PRECISION: tl.constexpr):
@@ -88,7 +92,8 @@ def _embed_fwd_kernel(img_ptr, ids_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr,
 
 @triton.jit
 def _embed_bwd_weight_kernel(img_ptr, ids_ptr, grad_ptr, gw_ptr, gb_ptr,
-                             M, KEEP, N, KD, L, GRID_W, IMG_W, PLANE, IMG_STRIDE, ROWS_PER_SPLIT,
+                             M, KEEP, L, GRID_W, IMG_W, PLANE, IMG_STRIDE,
+                             N: tl.constexpr, KD: tl.constexpr, ROWS_PER_SPLIT: tl.constexpr,
                              P: tl.constexpr, HAS_BIAS: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                              DOT_DTYPE: tl.constexpr, DOT_UPCAST: tl.constexpr,
@@ -107,12 +112,11 @@ def _embed_bwd_weight_kernel(img_ptr, ids_ptr, grad_ptr, gw_ptr, gb_ptr,
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     bias_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     m_start = split * ROWS_PER_SPLIT
-    m_end = tl.minimum(m_start + ROWS_PER_SPLIT, M)
-    for m0 in range(m_start, m_end, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
+    for m0 in range(0, ROWS_PER_SPLIT, BLOCK_M):
+        rows = m_start + m0 + tl.arange(0, BLOCK_M)
         base, row_ok, _ = _patch_offsets(ids_ptr, rows, M, KEEP, L, GRID_W, IMG_W, IMG_STRIDE, P)
         g = tl.load(grad_ptr + rows.to(tl.int64)[None, :] * N + cols[:, None],
-                    mask=col_ok[:, None] & (rows < m_end)[None, :], other=0.0)
+                    mask=col_ok[:, None] & (rows < M)[None, :], other=0.0)
         a = tl.load(img_ptr + base[:, None] + offs[None, :],
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         acc = dot_acc(g, a, acc, DOT_DTYPE, DOT_UPCAST, DOT_PRECISION)
@@ -129,8 +133,8 @@ def _embed_bwd_weight_kernel(img_ptr, ids_ptr, grad_ptr, gw_ptr, gb_ptr,
 
 @triton.jit
 def _embed_bwd_images_kernel(grad_ptr, w_ptr, ids_ptr, gimg_ptr,
-                             M, KEEP, N, KD, L, GRID_W, IMG_W, PLANE, IMG_STRIDE,
-                             P: tl.constexpr,
+                             M, KEEP, L, GRID_W, IMG_W, PLANE, IMG_STRIDE,
+                             N: tl.constexpr, KD: tl.constexpr, P: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                              DOT_DTYPE: tl.constexpr, DOT_UPCAST: tl.constexpr,
                              DOT_PRECISION: tl.constexpr):
@@ -194,11 +198,18 @@ def embed_forward(images, ids_keep, weight2d, bias, pos, patch: int, compute_dty
     return out
 
 
-def _splits(device: torch.device, tiles: int, row_blocks: int) -> int:
-    """Token splits for the weight gradient: about two programs per SM. More would fill the
-    machine better but each split writes a [D, 3*p*p] fp32 partial that is read back."""
-    want = triton.cdiv(2 * num_sms(device), max(tiles, 1))
-    return max(1, min(want, row_blocks))
+def _split_rows(device: torch.device, tiles: int, rows: int, block_m: int, interpreted: bool):
+    """(tokens per split, splits) for the weight gradient: about two programs per SM. More would
+    fill the machine better but each split writes a [D, 3*p*p] fp32 partial that is read back.
+
+    The tokens per split are the kernel's loop bound, a compile-time constant: on the GPU it is
+    rounded up to a power of two, so batches of nearby sizes share one compiled kernel.
+    """
+    want = max(1, triton.cdiv(2 * num_sms(device), max(tiles, 1)))
+    per_split = triton.cdiv(triton.cdiv(max(rows, 1), want), block_m) * block_m
+    if not interpreted:
+        per_split = triton.next_power_of_2(per_split)
+    return per_split, triton.cdiv(max(rows, 1), per_split)
 
 
 def embed_weight_grad(grad2d, images, ids_keep, weight2d, patch: int, compute_dtype,
@@ -207,9 +218,8 @@ def embed_weight_grad(grad2d, images, ids_keep, weight2d, patch: int, compute_dt
     geo = _geometry(images, ids_keep, weight2d, patch)
     cfg = _blocks(_embed_bwd_weight_kernel, "weight", compute_dtype)
     tiles = triton.cdiv(geo["N"], cfg["BLOCK_N"]) * triton.cdiv(geo["KD"], cfg["BLOCK_K"])
-    row_blocks = triton.cdiv(max(geo["M"], 1), cfg["BLOCK_M"])
-    splits = _splits(images.device, tiles, row_blocks)
-    rows_per_split = triton.cdiv(row_blocks, splits) * cfg["BLOCK_M"]
+    rows_per_split, splits = _split_rows(images.device, tiles, geo["M"], cfg["BLOCK_M"],
+                                         is_interpreted(_embed_bwd_weight_kernel))
     f32 = dict(device=images.device, dtype=torch.float32)
     # every element is stored by exactly one program, even with no tokens at all
     gw = torch.empty((splits, geo["N"], geo["KD"]), **f32)
@@ -271,38 +281,14 @@ def _prepare(images, ids_keep, weight, bias, pos):
             None if bias is None else bias.contiguous(), pos.contiguous())
 
 
-class GatherVisibleFunction(torch.autograd.Function):
-    """Eager path: the kernels launched directly, with the saved tensors in ctx."""
-
-    @staticmethod
-    def forward(ctx, images, ids_keep, weight, bias, pos, compute_dtype, out_dtype):
-        images, ids_keep, weight2d, bias, pos = _prepare(images, ids_keep, weight, bias, pos)
-        out = embed_forward(images, ids_keep, weight2d, bias, pos, weight.shape[2],
-                            compute_dtype, out_dtype)
-        ctx.save_for_backward(images, ids_keep, weight)
-        ctx.meta = (compute_dtype, pos.shape[0], bias is not None, pos.dtype)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        images, ids_keep, weight = ctx.saved_tensors
-        compute_dtype, pos_rows, has_bias, pos_dtype = ctx.meta
-        need = ctx.needs_input_grad
-        g_images, g_weight, g_bias, g_pos = embed_backward(
-            grad, images, ids_keep, weight, pos_rows, compute_dtype,
-            (need[0], need[2], has_bias and need[3], need[4]))
-        if g_pos is not None:
-            g_pos = g_pos.to(pos_dtype)
-        return g_images, None, g_weight, g_bias, g_pos, None, None
-
-
 @torch.library.custom_op("fsfm_fast::gather_visible", mutates_args=())
 def _gather_visible_op(images: torch.Tensor, ids_keep: torch.Tensor, weight: torch.Tensor,
                        bias: Optional[torch.Tensor], pos: torch.Tensor,
                        compute_dtype: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor:
     images, ids_keep, weight2d, bias, pos = _prepare(images, ids_keep, weight, bias, pos)
-    return embed_forward(images, ids_keep, weight2d, bias, pos, weight.shape[2], compute_dtype,
-                         out_dtype)
+    with on_device(images):
+        return embed_forward(images, ids_keep, weight2d, bias, pos, weight.shape[2], compute_dtype,
+                             out_dtype)
 
 
 @_gather_visible_op.register_fake
@@ -315,8 +301,9 @@ def _(images, ids_keep, weight, bias, pos, compute_dtype, out_dtype):
 def _gather_visible_backward_op(grad: torch.Tensor, images: torch.Tensor, ids_keep: torch.Tensor,
                                 weight: torch.Tensor, pos_rows: int, compute_dtype: torch.dtype,
                                 needs: list[bool]) -> list[torch.Tensor]:
-    grads = embed_backward(grad, images.contiguous(), ids_keep.contiguous(), weight, pos_rows,
-                           compute_dtype, tuple(needs))
+    with on_device(grad):
+        grads = embed_backward(grad, images.contiguous(), ids_keep.contiguous(), weight, pos_rows,
+                               compute_dtype, tuple(needs))
     # A custom op returns tensors only: an unneeded gradient comes back empty.
     return [g if g is not None else grad.new_empty(0) for g in grads]
 
@@ -355,8 +342,5 @@ def gather_visible(images: torch.Tensor, ids_keep: torch.Tensor, weight: torch.T
                    bias: Optional[torch.Tensor], pos: torch.Tensor) -> torch.Tensor:
     """Validated inputs (see ops.gather_visible) -> [B, K, D] through the Triton kernels."""
     compute_dtype, out_dtype = _dtypes(images, pos)
-    if torch.compiler.is_compiling():
-        return torch.ops.fsfm_fast.gather_visible(images, ids_keep, weight, bias, pos,
-                                                  compute_dtype, out_dtype)
-    return GatherVisibleFunction.apply(images, ids_keep, weight, bias, pos, compute_dtype,
-                                       out_dtype)
+    return torch.ops.fsfm_fast.gather_visible(images, ids_keep, weight, bias, pos, compute_dtype,
+                                              out_dtype)

@@ -15,8 +15,10 @@ saved (mean, std) — one pass, no second variance reduction — and writes the 
 zeros on skipped patches; the other writes the online features' gradient. The loss's four
 upstream gradients are read on the device, so nothing syncs with the host.
 
-Entry point: `fsfm_loss` (eager: an autograd.Function; under torch.compile: the custom op
-`fsfm_fast::fsfm_loss`, whose backward is `fsfm_fast::fsfm_loss_backward`).
+Entry point: `fsfm_loss`, the custom op `fsfm_fast::fsfm_loss` (eager and under torch.compile
+alike), whose backward is `fsfm_fast::fsfm_loss_backward`. The reduction walks a batch-sized range
+with `while` loops: a runtime bound that every version of Triton's interpreter can run, in a
+single-program kernel where the compiler has nothing to pipeline anyway.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import check_launchable, is_interpreted
+from ._triton_common import check_launchable, is_interpreted, on_device
 
 _OP = "fsfm_loss"
 _NORM_EPS = 1.0e-6
@@ -114,7 +116,8 @@ def _loss_reduce_kernel(err_ptr, img_mask_ptr, fr_mask_ptr, on_ptr, tg_ptr, out_
     n_all = tl.zeros((BLOCK,), dtype=tl.float32)
     s_fr = tl.zeros((BLOCK,), dtype=tl.float32)
     n_fr = tl.zeros((BLOCK,), dtype=tl.float32)
-    for r0 in range(0, NUM_ROWS, BLOCK):
+    r0 = 0
+    while r0 < NUM_ROWS:
         rows = r0 + tl.arange(0, BLOCK)
         m_img, m_fr, _ = _row_masks(img_mask_ptr, fr_mask_ptr, rows, NUM_ROWS)
         err = tl.load(err_ptr + rows, mask=rows < NUM_ROWS, other=0.0)
@@ -122,6 +125,7 @@ def _loss_reduce_kernel(err_ptr, img_mask_ptr, fr_mask_ptr, on_ptr, tg_ptr, out_
         n_all += m_img
         s_fr += err * m_fr
         n_fr += m_fr
+        r0 += BLOCK
     count_all = tl.sum(n_all, axis=0)
     count_fr = tl.sum(n_fr, axis=0)
     # An empty mask gives 0, as the reference's sum / where(count > 0, count, 1).
@@ -130,10 +134,12 @@ def _loss_reduce_kernel(err_ptr, img_mask_ptr, fr_mask_ptr, on_ptr, tg_ptr, out_
     cl = 0.0
     if HAS_CL:
         cos_acc = tl.zeros((ROWS_F,), dtype=tl.float32)
-        for b0 in range(0, B, ROWS_F):
+        b0 = 0
+        while b0 < B:
             feat_rows = b0 + tl.arange(0, ROWS_F)
             cos, _, _, _, _, _, _ = _cos_rows(on_ptr, tg_ptr, feat_rows, B, F, CL_EPS, BLOCK_F)
             cos_acc += tl.where(feat_rows < B, cos, 0.0)
+            b0 += ROWS_F
         cl = CL_OFFSET + CL_SCALE * tl.sum(cos_acc, axis=0) / B
     tl.store(out_ptr + 0, rec_all + W_SFR * rec_sfr + W_CL * cl)
     tl.store(out_ptr + 1, rec_all)
@@ -276,26 +282,6 @@ def _prepare(pred, images, img_mask, fr_mask, online, target):
             None if target is None else target.detach().contiguous())
 
 
-class FSFMLossFunction(torch.autograd.Function):
-    """Eager path: the kernels launched directly; returns the [6] fp32 loss vector."""
-
-    @staticmethod
-    def forward(ctx, pred, images, img_mask, fr_mask, online, target, config):
-        inputs = _prepare(pred, images, img_mask, fr_mask, online, target)
-        out, stats = loss_forward(*inputs, *config)
-        ctx.save_for_backward(*inputs, out, stats)
-        ctx.config = config
-        return out
-
-    @staticmethod
-    def backward(ctx, g_out):
-        pred, images, img_mask, fr_mask, online, target, out, stats = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        g_pred, g_online = loss_backward(g_out, out, stats, pred, images, img_mask, fr_mask,
-                                         online, target, *ctx.config, (need[0], need[4]))
-        return g_pred, None, None, None, g_online, None, None
-
-
 @torch.library.custom_op("fsfm_fast::fsfm_loss", mutates_args=())
 def _fsfm_loss_op(pred: torch.Tensor, images: torch.Tensor, img_mask: torch.Tensor,
                   fr_mask: torch.Tensor, online: Optional[torch.Tensor],
@@ -303,7 +289,8 @@ def _fsfm_loss_op(pred: torch.Tensor, images: torch.Tensor, img_mask: torch.Tens
                   weight_sfr: float, weight_cl: float,
                   cl_loss: str) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = _prepare(pred, images, img_mask, fr_mask, online, target)
-    return loss_forward(*inputs, patch_size, norm_pix, weight_sfr, weight_cl, cl_loss)
+    with on_device(pred):
+        return loss_forward(*inputs, patch_size, norm_pix, weight_sfr, weight_cl, cl_loss)
 
 
 @_fsfm_loss_op.register_fake
@@ -322,8 +309,9 @@ def _fsfm_loss_backward_op(g_out: torch.Tensor, out: torch.Tensor, stats: torch.
                            weight_sfr: float, weight_cl: float, cl_loss: str,
                            needs: list[bool]) -> list[torch.Tensor]:
     inputs = _prepare(pred, images, img_mask, fr_mask, online, target)
-    grads = loss_backward(g_out, out, stats, *inputs, patch_size, norm_pix, weight_sfr, weight_cl,
-                          cl_loss, tuple(needs))
+    with on_device(pred):
+        grads = loss_backward(g_out, out, stats, *inputs, patch_size, norm_pix, weight_sfr,
+                              weight_cl, cl_loss, tuple(needs))
     return [g if g is not None else g_out.new_empty(0) for g in grads]
 
 
@@ -358,11 +346,9 @@ _fsfm_loss_op.register_autograd(_op_backward, setup_context=_setup_context)
 def fsfm_loss(pred, images, img_mask, fr_mask, online, target, patch_size: int, norm_pix: bool,
               weight_sfr: float, weight_cl: float, cl_loss: str) -> torch.Tensor:
     """Validated inputs (see ops.fsfm_loss) -> fp32 [6] (total, rec_all, rec_sfr, cl, counts)."""
-    config = (patch_size, bool(norm_pix), float(weight_sfr), float(weight_cl), cl_loss)
     if target is not None:
         target = target.detach()
-    if torch.compiler.is_compiling():
-        out, _ = torch.ops.fsfm_fast.fsfm_loss(pred, images, img_mask, fr_mask, online, target,
-                                               *config)
-        return out
-    return FSFMLossFunction.apply(pred, images, img_mask, fr_mask, online, target, config)
+    out, _ = torch.ops.fsfm_fast.fsfm_loss(pred, images, img_mask, fr_mask, online, target,
+                                           patch_size, bool(norm_pix), float(weight_sfr),
+                                           float(weight_cl), cl_loss)
+    return out

@@ -10,8 +10,9 @@ and each program sums the gradient rows of its image's hidden places into its ow
 [B, D] buffer, summed afterwards: the mask_token gradient is reduced without atomics, so it is
 bit-reproducible.
 
-Entry point: `restore_masked` (eager: an autograd.Function; under torch.compile: the custom op
-`fsfm_fast::restore_masked`, whose backward is `fsfm_fast::restore_masked_backward`).
+Entry point: `restore_masked`, the custom op `fsfm_fast::restore_masked` (eager and under
+torch.compile alike), whose backward is `fsfm_fast::restore_masked_backward`. The row loop's bound,
+L+1, is a compile-time constant (fixed per image size).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import check_launchable, is_interpreted
+from ._triton_common import check_launchable, is_interpreted, on_device
 
 _OP = "restore_masked"
 
@@ -43,8 +44,8 @@ def _row_sources(ids_ptr, batch, rows, ROWS, KEEP, L):
 
 
 @triton.jit
-def _restore_fwd_kernel(tok_ptr, ids_ptr, mask_ptr, pos_ptr, out_ptr, ROWS, KEEP, L, D,
-                        HAS_POS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _restore_fwd_kernel(tok_ptr, ids_ptr, mask_ptr, pos_ptr, out_ptr, KEEP, L, D,
+                        ROWS: tl.constexpr, HAS_POS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     batch = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
@@ -66,8 +67,8 @@ def _restore_fwd_kernel(tok_ptr, ids_ptr, mask_ptr, pos_ptr, out_ptr, ROWS, KEEP
 
 
 @triton.jit
-def _restore_bwd_kernel(grad_ptr, ids_ptr, gtok_ptr, gfill_ptr, ROWS, KEEP, L, D,
-                        BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _restore_bwd_kernel(grad_ptr, ids_ptr, gtok_ptr, gfill_ptr, KEEP, L, D,
+                        ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     batch = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
@@ -105,7 +106,7 @@ def restore_forward(tokens, ids_restore, mask_token, pos, out_dtype):
     cfg = _blocks(_restore_fwd_kernel, D)
     grid = (B, triton.cdiv(D, cfg["BLOCK_D"]))
     _restore_fwd_kernel[grid](tokens, ids_restore, mask_token, pos if pos is not None else tokens,
-                              out, L + 1, K1 - 1, L, D, HAS_POS=pos is not None, **cfg)
+                              out, K1 - 1, L, D, ROWS=L + 1, HAS_POS=pos is not None, **cfg)
     return out
 
 
@@ -123,8 +124,8 @@ def restore_backward(grad, ids_restore, keep: int, token_dtype, needs: tuple[boo
     if grad.numel():
         cfg = _blocks(_restore_bwd_kernel, D)
         grid = (B, triton.cdiv(D, cfg["BLOCK_D"]))
-        _restore_bwd_kernel[grid](grad, ids_restore, g_tokens, g_fill, rows, keep, rows - 1, D,
-                                  **cfg)
+        _restore_bwd_kernel[grid](grad, ids_restore, g_tokens, g_fill, keep, rows - 1, D,
+                                  ROWS=rows, **cfg)
     return (g_tokens if need_tokens else None), (g_fill.sum(0) if need_fill else None), g_pos
 
 
@@ -157,32 +158,11 @@ def _meta(tokens, mask_token, pos):
             None if pos is None else pos.dtype)
 
 
-class RestoreMaskedFunction(torch.autograd.Function):
-    """Eager path: the kernels launched directly."""
-
-    @staticmethod
-    def forward(ctx, tokens, ids_restore, mask_token, pos, out_dtype):
-        flat = _prepare(tokens, ids_restore, mask_token, pos)
-        out = restore_forward(*flat, out_dtype)
-        ctx.save_for_backward(flat[1])
-        ctx.meta = _meta(tokens, mask_token, pos)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (ids_restore,) = ctx.saved_tensors
-        keep, token_dtype = ctx.meta[:2]
-        need = ctx.needs_input_grad
-        needs = (need[0], need[2], need[3])
-        grads = restore_backward(grad, ids_restore, keep, token_dtype, needs)
-        g_tokens, g_fill, g_pos = _finish(grads, needs, ctx.meta)
-        return g_tokens, None, g_fill, g_pos, None
-
-
 @torch.library.custom_op("fsfm_fast::restore_masked", mutates_args=())
 def _restore_masked_op(tokens: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor,
                        pos: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
-    return restore_forward(*_prepare(tokens, ids_restore, mask_token, pos), out_dtype)
+    with on_device(tokens):
+        return restore_forward(*_prepare(tokens, ids_restore, mask_token, pos), out_dtype)
 
 
 @_restore_masked_op.register_fake
@@ -195,7 +175,8 @@ def _(tokens, ids_restore, mask_token, pos, out_dtype):
 def _restore_masked_backward_op(grad: torch.Tensor, ids_restore: torch.Tensor, keep: int,
                                 token_dtype: torch.dtype,
                                 needs: list[bool]) -> list[torch.Tensor]:
-    grads = restore_backward(grad, ids_restore.contiguous(), keep, token_dtype, tuple(needs))
+    with on_device(grad):
+        grads = restore_backward(grad, ids_restore.contiguous(), keep, token_dtype, tuple(needs))
     return [g if g is not None else grad.new_empty(0) for g in grads]
 
 
@@ -230,7 +211,5 @@ _restore_masked_op.register_autograd(_op_backward, setup_context=_setup_context)
 def restore_masked(tokens: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor,
                    pos: Optional[torch.Tensor]) -> torch.Tensor:
     """Validated inputs (see ops.restore_masked) -> [B, L+1, D] through the Triton kernels."""
-    out_dtype = _out_dtype(tokens, mask_token, pos)
-    if torch.compiler.is_compiling():
-        return torch.ops.fsfm_fast.restore_masked(tokens, ids_restore, mask_token, pos, out_dtype)
-    return RestoreMaskedFunction.apply(tokens, ids_restore, mask_token, pos, out_dtype)
+    return torch.ops.fsfm_fast.restore_masked(tokens, ids_restore, mask_token, pos,
+                                              _out_dtype(tokens, mask_token, pos))

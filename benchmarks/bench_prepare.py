@@ -1,0 +1,234 @@
+"""Data preparation throughput, stage by stage, and the accuracy of the detectors and the parser on
+synthetic faces whose labels are exact.
+
+Stages (frames/s, or faces/s; one process unless a row says otherwise):
+- decode: sampling N frames from a video with PyAV, seeking (fsfm_fast.prepare.sample_frames) against
+  decoding every frame and keeping N (the baseline of the "x base" column); for a short and a long
+  keyframe interval; decord too when it is installed; NVDEC (PyAV hwaccel) when CUDA is there.
+- detect: dlib's HOG detector (the default) and OpenCV's Haar cascade on moving-face frames: frames/s,
+  share of frames where the largest box holds the face's centre (found), frames with a second box.
+- crop: the reference square crop + resize to 224.
+- parse: the landmark LaPa-11 parser per crop, and its IoU per region against the generator's labels.
+- farl-plumbing: FaRL's alignment + tanh warp + inverse warp around a stand-in network (1x1 conv), on
+  the CPU and, when there is one, on the GPU: what the real network adds is not measured here.
+- pipeline: python -m fsfm_fast.prepare pretrain-set over synthetic videos with every core.
+
+    python benchmarks/bench_prepare.py                 # full: ~3 minutes on 2 cores
+    python benchmarks/bench_prepare.py --quick --json prepare.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fsfm_fast.data.synthetic_video import moving_face_frames, write_synthetic_videos  # noqa: E402
+from fsfm_fast.prepare.faces import (DlibHogDetector, OpenCVCascadeDetector, crop_face,  # noqa: E402
+                                     largest_face)
+from fsfm_fast.prepare.landmark_parser import LandmarkParser  # noqa: E402
+from fsfm_fast.prepare.parser_accuracy import RegionIoU, synthetic_crops  # noqa: E402
+from fsfm_fast.prepare.video import decode_all_frames, sample_frames, sample_indices, write_video  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small shapes and few faces (CI, gpu_check)")
+    p.add_argument("--json", type=Path, default=None, help="write the rows here")
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    return p.parse_args(argv)
+
+
+def timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_decode(work: Path, quick: bool) -> list[dict]:
+    frames_total, n, (w, h) = (120, 16, (320, 240)) if quick else (300, 32, (640, 480))
+    frames, _ = moving_face_frames(1, frames_total, w, h, face_scale=2.0 if w > 400 else 1.0)
+    rows = []
+    # deepfake sets sample 32 frames per video, anti-spoofing sets 2
+    for gop, n in ((12, n), (250, n), (12, 2), (250, 2)):
+        path = write_video(work / f"decode_gop{gop}.mp4", frames, keyframe_interval=gop)
+        wanted = sample_indices(frames_total, n)
+        def decode_all_keep_n():
+            every = decode_all_frames(path)
+            return [every[i] for i in wanted]
+
+        base = timed(decode_all_keep_n, 2)
+        seek = timed(lambda: sample_frames(path, n), 2)
+        for name, t in (("pyav decode-all", base), ("pyav seek (sample_frames)", seek)):
+            rows.append({"stage": "decode", "method": name, "keyframe_interval": gop, "video": f"{w}x{h}x{frames_total}",
+                         "frames_out": n, "seconds": t, "frames_per_s": n / t, "x_base": base / t})
+        try:
+            import decord
+            reader = lambda: decord.VideoReader(str(path)).get_batch(wanted).asnumpy()  # noqa: E731
+            t = timed(reader, 2)
+            rows.append({"stage": "decode", "method": "decord get_batch", "keyframe_interval": gop,
+                         "video": f"{w}x{h}x{frames_total}", "frames_out": n, "seconds": t, "frames_per_s": n / t,
+                         "x_base": base / t})
+        except ImportError:
+            pass
+        if torch.cuda.is_available() and nvdec_works(path):
+            t = timed(lambda: sample_frames(path, n, hwaccel="cuda"), 2)
+            rows.append({"stage": "decode", "method": "pyav seek, NVDEC (gpu)", "keyframe_interval": gop,
+                         "video": f"{w}x{h}x{frames_total}", "frames_out": n, "seconds": t, "frames_per_s": n / t,
+                         "x_base": base / t})
+    return rows
+
+
+def nvdec_works(path: Path) -> bool:
+    """Whether FFmpeg decodes this video on the GPU here (sample_frames would fall back to the CPU
+    silently, which must not be reported as a GPU figure)."""
+    import av
+    from av.codec.hwaccel import HWAccel
+    try:
+        with av.open(str(path), hwaccel=HWAccel(device_type="cuda", allow_software_fallback=False)) as container:
+            next(container.decode(video=0)).to_ndarray(format="rgb24")
+        return True
+    except Exception as exc:  # noqa: BLE001  (any failure means: no GPU row)
+        print(f"NVDEC decode not available: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+
+
+def _face_centre(labels: np.ndarray) -> tuple[float, float] | None:
+    ys, xs = np.nonzero((labels >= 2) & (labels <= 9))
+    return (xs.mean(), ys.mean()) if len(xs) else None
+
+
+def bench_detect(quick: bool) -> tuple[list[dict], list[np.ndarray]]:
+    seeds, per_video = (range(10), 2) if quick else (range(60), 4)
+    clips = [moving_face_frames(s, per_video) for s in seeds]
+    frames = [f for fs, _ in clips for f in fs]
+    truth = [_face_centre(m) for _, ms in clips for m in ms]
+    rows = []
+    for detector in (DlibHogDetector(), OpenCVCascadeDetector()):
+        start = time.perf_counter()
+        found = [detector.detect(f) for f in frames]
+        t = time.perf_counter() - start
+        hits = sum(1 for boxes, c in zip(found, truth)
+                   if boxes and c and (b := largest_face(boxes)).x0 <= c[0] < b.x1 and b.y0 <= c[1] < b.y1)
+        rows.append({"stage": "detect", "method": detector.name, "frames": len(frames), "frames_per_s": len(frames) / t,
+                     "ms_per_frame": 1e3 * t / len(frames), "found": hits / len(frames),
+                     "extra_boxes": sum(len(b) > 1 for b in found) / len(frames)})
+    return rows, frames
+
+
+def bench_crop_parse(frames: list[np.ndarray], quick: bool) -> list[dict]:
+    detector, parser = DlibHogDetector(), LandmarkParser()
+    boxes = [(f, largest_face(detector.detect(f))) for f in frames]
+    boxes = [(f, b) for f, b in boxes if b is not None]
+    t = timed(lambda: [crop_face(f, b) for f, b in boxes])
+    rows = [{"stage": "crop", "method": "square 1.3x + bicubic 224", "faces": len(boxes), "faces_per_s": len(boxes) / t}]
+    seeds, per_video = (range(100, 110), 2) if quick else (range(100, 160), 2)
+    iou, counts, spent, n = RegionIoU(), {}, 0.0, 0
+    for sample in synthetic_crops(detector, seeds, per_video, counts=counts):
+        start = time.perf_counter()
+        labels = parser.parse(sample.crop, sample.box)
+        spent += time.perf_counter() - start
+        n += 1
+        iou.add(labels, sample.labels)
+    per_region = iou.per_region()
+    rows.append({"stage": "parse", "method": parser.name, "faces": n, "faces_per_s": n / spent,
+                 "ms_per_face": 1e3 * spent / n, "iou": per_region,
+                 "mean_iou": float(np.nanmean(list(per_region.values())))})
+    return rows
+
+
+def bench_farl_plumbing(quick: bool) -> list[dict]:
+    from fsfm_fast.prepare.farl_parser import FarlParser
+
+    rows = []
+    batch = 4 if quick else 16
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "standin.pt"
+        with warnings.catch_warnings():  # TorchScript is deprecated, and the format FaRL released
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.script(torch.nn.Conv2d(3, 11, 1)).save(str(path))
+        crops = [np.random.default_rng(i).integers(0, 255, (224, 224, 3), dtype=np.uint8) for i in range(batch)]
+        points = [np.array([[80, 95], [144, 95], [112, 125], [88, 160], [136, 160]], np.float32)] * batch
+        for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+            parser = FarlParser(path, device, batch_size=batch)
+            parser.parse_batch(crops, points)  # warm-up
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = timed(lambda: parser.parse_batch(crops, points), 3)
+            rows.append({"stage": "farl-plumbing", "method": f"warp + stand-in + inverse warp ({device})",
+                         "faces": batch, "faces_per_s": batch / t})
+    return rows
+
+
+def bench_pipeline(work: Path, quick: bool) -> list[dict]:
+    from fsfm_fast.prepare.__main__ import main
+
+    videos, per_video = (2, 8) if quick else (6, 16)
+    source = work / "pipeline_videos"
+    write_synthetic_videos(source, num_videos=videos, num_frames=24)
+    out = work / "pipeline_out"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    main(["pretrain-set", "--input", str(source / "real"), "--out", str(out), "--num_frames", str(per_video)])
+    t = time.perf_counter() - start
+    faces = json.loads((out / "dataset.json").read_text())["outputs"]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [{"stage": "pipeline", "method": f"pretrain-set, {cpus} processes (decode+detect+crop+parse+write)",
+             "faces": faces, "faces_per_s": faces / t, "seconds": t}]
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| stage | method | rate | notes |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        rate = r.get("frames_per_s") or r.get("faces_per_s")
+        unit = "frames/s" if "frames_per_s" in r else "faces/s"
+        notes = []
+        if "x_base" in r:
+            notes.append(f"{r['frames_out']} of {r['video']}, keyframe every {r['keyframe_interval']}: "
+                         f"x{r['x_base']:.2f} vs decode-all")
+        if "found" in r:
+            notes.append(f"found {100 * r['found']:.1f}% of {r['frames']} frames, extra boxes {100 * r['extra_boxes']:.1f}%")
+        if "iou" in r:
+            notes.append("IoU " + ", ".join(f"{k} {v:.3f}" for k, v in r["iou"].items()) + f"; mean {r['mean_iou']:.3f}")
+        lines.append(f"| {r['stage']} | {r['method']} | {rate:.1f} {unit} | {'; '.join(notes)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = bench_decode(work, args.quick)
+        detect_rows, frames = bench_detect(args.quick)
+        rows += detect_rows + bench_crop_parse(frames, args.quick) + bench_farl_plumbing(args.quick)
+        rows += bench_pipeline(work, args.quick)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'})"
+    print(f"bench_prepare on {device}, torch {torch.__version__}, {os.cpu_count()} CPUs{' (quick)' if args.quick else ''}")
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "quick": args.quick, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
