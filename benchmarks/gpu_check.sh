@@ -143,8 +143,8 @@ step bench_ops      60 "$PY" benchmarks/bench_ops.py --quick --json "$OUT_DIR/be
 step bench_step     90 "$PY" benchmarks/bench_step.py --quick --json "$OUT_DIR/bench_step.json"
 step bench_data     60 "$PY" benchmarks/bench_data.py --quick --work "$OUT_DIR/bench_data_work" --json "$OUT_DIR/bench_data.json"
 step bench_prepare  60 "$PY" benchmarks/bench_prepare.py --quick --json "$OUT_DIR/bench_prepare.json"
-# The other verbs' quick benchmarks go here, one `step` line each, before the results:
-#   benchmarks/bench_finetune.py --quick --json "$OUT_DIR/bench_finetune.json"
+step bench_finetune 60 "$PY" benchmarks/bench_finetune.py --quick --json "$OUT_DIR/bench_finetune.json"
+# The other verbs' quick benchmarks go here, one `step` line each, before the results;
 # gpu_results.py puts every bench_*.json it finds in OUT_DIR into the table.
 BUDGET=$(( BUDGET + 15 ))  # the table is always made, whatever is left
 step results        15 results

@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["environment", "build", "selfcheck", "cuda_tests", "memcheck", "racecheck", "bench_crfrp", "bench_ops",
-         "bench_step", "bench_data", "results"]
+         "bench_step", "bench_data", "bench_prepare", "bench_finetune", "results"]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the GPU machines run Linux (bash, timeout)")
