@@ -171,6 +171,8 @@ def test_videos_splits_and_unreadable_images(tmp_path):
                       "Face2Face/000_003_frame_0.png": ("Face2Face/000_003", 1),
                       "fake/clip7/0001.png": ("fake/clip7", 1), "fake/clip7/0002.png": ("fake/clip7", 1),
                       "youtube/000_frame_0.png": ("youtube/000", 0), "youtube/000_frame_5.png": ("youtube/000", 0)}
+    with pytest.raises(UsageError, match="has no val/ folder \\(it has test/\\)"):
+        samples_from(str(root), "val")
     _png(root / "test" / "morphs" / "a.png")
     with pytest.raises(UsageError, match="class folder 'morphs'"):
         samples_from(str(root), "test")

@@ -37,6 +37,7 @@ REAL_PATTERNS = ("real*", "*_real", "*-real", "youtube*", "original*")
 FAKE_PATTERNS = ("fake*", "*_fake", "*-fake", "deepfakes", "deepfakedetection", "face2face", "faceswap",
                  "neuraltextures", "faceshifter", "*synthesis*", "manipulated*", "spoof*", "attack*")
 FRAME_MARK = "_frame_"
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,6 @@ def read_split_file(path: Path, class_map: dict[str, int] | None = None, base: P
     return samples
 
 
-def split_folder(root: Path, split: str) -> Path:
-    """``root/<split>`` of a dataset root; a root that holds class folders itself serves as its own split."""
-    root = Path(root)
-    if (root / split).is_dir():
-        return root / split
-    raise UsageError(f"{root} has no {split}/ folder (expected {root}/{split}/<class folders>)")
-
-
 def samples_from(spec: str, split: str, class_map: dict[str, int] | None = None) -> list[Sample]:
     """The images of ``spec``: one or more comma-separated paths, each a dataset root with a ``split``/
     folder, a folder of class folders, or a split file. Videos of different paths never merge."""
@@ -172,6 +165,9 @@ def samples_from(spec: str, split: str, class_map: dict[str, int] | None = None)
             samples += [Sample(s.path, s.label, prefix + s.video, s.cls) for s in part]
         elif (path / split).is_dir():
             samples += scan_class_folders(path / split, class_map, prefix)
+        elif any((path / other).is_dir() for other in SPLITS):
+            raise UsageError(f"{path} has no {split}/ folder (it has "
+                             f"{', '.join(o + '/' for o in SPLITS if (path / o).is_dir())})")
         elif path.is_dir():
             samples += scan_class_folders(path, class_map, prefix)
         else:
