@@ -14,6 +14,12 @@ Each way is timed ``--repeats`` times, interleaved with the other, and its faste
 step of each run), so that a busy machine does not favour whichever ran second. The GPU column says "not measured"
 when no GPU is at hand.
 
+A second table sets the FS-Adapter (``--adapter fs``: frozen encoder; adapter, projector and head
+train, with the real-anchored contrastive loss) against full fine-tuning, both our way: trainable
+parameters, training memory and step images/s. Memory on a GPU is the peak allocated during a step; on a
+CPU, which has no allocator statistics, it is counted: weights + gradients + optimizer state + the
+activations autograd saves for the backward pass.
+
     python benchmarks/bench_finetune.py                       # ViT-B/16 at 224 px, batch 64 and 256
     python benchmarks/bench_finetune.py --quick --json ft.json   # tiny shapes, seconds on a CPU
 """
@@ -36,8 +42,10 @@ sys.path.insert(0, str(ROOT))
 from fsfm_fast.finetune import DetectionLoss, _adamw, parse_args as finetune_args  # noqa: E402
 from fsfm_fast.finetune_engine import clipped_step  # noqa: E402
 from fsfm_fast.models import create_detector  # noqa: E402
+from fsfm_fast.models.adapter import freeze_encoder  # noqa: E402
 
 WAYS = ("reference", "fsfm_fast")
+TUNINGS = ("full", "fs_adapter")
 
 
 def parse_args(argv=None):
@@ -110,6 +118,53 @@ def measure_step(args, device: torch.device, batch: int, way: str, warmup: int, 
     return batch / _timed(step, device, warmup, steps)
 
 
+def _tensor_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors``."""
+    seen = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def measure_tuning(args, device: torch.device, batch: int, tuning: str, warmup: int, steps: int) -> dict:
+    """Full fine-tuning or the FS-Adapter, our way: img/s, trainable parameters, training memory."""
+    torch.manual_seed(0)
+    adapter = tuning == "fs_adapter"
+    model = create_detector(args.model, img_size=args.img_size, adapter="fs" if adapter else "").to(device).train()
+    trainable = freeze_encoder(model) if adapter else sum(p.numel() for p in model.parameters())
+    groups = param_groups_layer_decay(model, weight_decay=0.05, no_weight_decay_list=model.no_weight_decay(),
+                                      layer_decay=0.65)
+    optimizer = _adamw(groups, 1e-4)
+    dtype = _dtype("fsfm_fast", device)
+    loss_fn = DetectionLoss(finetune_args(["--data_path", "unused"] + (["--adapter", "fs"] if adapter else [])))
+    images = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
+    saved = []
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            loss = loss_fn(model, {"images": images, "labels": labels})
+        loss.backward()
+        clipped_step(optimizer, torch.amp.GradScaler(device.type, enabled=False), 0.0)
+
+    speed = batch / _timed(step, device, warmup, steps)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        memory = torch.cuda.max_memory_allocated(device)
+    else:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            step()
+        activations = _tensor_bytes(t for t in saved if t.untyped_storage().data_ptr() not in params)
+        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
+        weights = _tensor_bytes(model.parameters())
+        grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        memory = weights + grads + _tensor_bytes(state) + activations
+    return {"img_per_s": speed, "trainable": trainable, "memory_mib": memory / 2 ** 20}
+
+
 def measure_eval(args, device: torch.device, batch: int, way: str, warmup: int, steps: int) -> float:
     torch.manual_seed(0)
     model = create_detector(args.model, img_size=args.img_size).to(device).eval()
@@ -149,7 +204,17 @@ def main(argv=None) -> int:
                                  "img_per_s": speeds[way], "vs_reference": speeds[way] / speeds["reference"]})
                 print(f"{device.type} {phase} batch {batch}: " + ", ".join(f"{w} {speeds[w]:.1f} img/s" for w in WAYS),
                       file=sys.stderr, flush=True)
-    print(format_table(rows))
+            found = {t: measure_tuning(args, device, batch, t, warmup, steps) for t in TUNINGS}
+            for tuning in TUNINGS:
+                rows.append({"device": torch.cuda.get_device_name(device) if gpu else "cpu", "phase": "tuning",
+                             "model": args.model, "img_size": args.img_size, "batch": batch, "way": tuning,
+                             **found[tuning], "vs_full": found[tuning]["img_per_s"] / found["full"]["img_per_s"]})
+            print(f"{device.type} tuning batch {batch}: " + ", ".join(
+                f"{t} {found[t]['img_per_s']:.1f} img/s, {found[t]['trainable']:,} trainable, "
+                f"{found[t]['memory_mib']:.0f} MiB" for t in TUNINGS), file=sys.stderr, flush=True)
+    print(format_table([r for r in rows if r["phase"] != "tuning"]))
+    print()
+    print(format_tuning_table([r for r in rows if r["phase"] == "tuning"]))
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=1) + "\n")
     return 0
@@ -167,6 +232,25 @@ def format_table(rows: list[dict]) -> str:
                      (phase, model, px, batch, way) and (r["device"] != "cpu") == is_gpu]
             cells.append(f"{found[0]['img_per_s']:,.1f} ({found[0]['vs_reference']:.2f}x)" if found else "not measured")
         lines.append(f"| {phase} | {model} | {px} | {batch} | {way} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+
+def format_tuning_table(rows: list[dict]) -> str:
+    """Full fine-tuning against the FS-Adapter: per device, images/s (ratio to full), memory, parameters."""
+    lines = ["| model | px | batch | tuning | trainable params | CPU memory MiB (counted) | CPU step img/s | "
+             "GPU peak memory MiB | GPU step img/s |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    keys = sorted({(r["model"], r["img_size"], r["batch"], r["way"]) for r in rows},
+                  key=lambda k: (k[2], TUNINGS.index(k[3])))
+    for model, px, batch, tuning in keys:
+        cells = []
+        for is_gpu in (False, True):
+            found = [r for r in rows if (r["model"], r["img_size"], r["batch"], r["way"]) == (model, px, batch, tuning)
+                     and (r["device"] != "cpu") == is_gpu]
+            cells += ([f"{found[0]['memory_mib']:,.0f}", f"{found[0]['img_per_s']:,.1f} ({found[0]['vs_full']:.2f}x)"]
+                      if found else ["not measured", "not measured"])
+        trainable = next(r["trainable"] for r in rows if r["way"] == tuning and r["model"] == model)
+        lines.append(f"| {model} | {px} | {batch} | {tuning} | {trainable:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

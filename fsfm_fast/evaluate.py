@@ -207,14 +207,15 @@ def write_outputs(out_dir: Path, metrics: dict, scored: dict[str, tuple[list[Sam
 # the verb
 
 
-def parse_tests(items: list[str]) -> dict[str, str]:
+def parse_tests(items: list[str], flag: str = "--test") -> dict[str, str]:
+    """``["NAME=PATH[,PATH...]", ...]`` of a repeatable ``flag`` -> {NAME: PATH}."""
     tests = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise cli.UsageError(f"--test takes NAME=PATH[,PATH...], got {item!r}")
+            raise cli.UsageError(f"{flag} takes NAME=PATH[,PATH...], got {item!r}")
         if name.strip() in tests:
-            raise cli.UsageError(f"--test {name.strip()} is given twice")
+            raise cli.UsageError(f"{flag} {name.strip()} is given twice")
         tests[name.strip()] = path.strip()
     return tests
 

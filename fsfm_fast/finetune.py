@@ -6,7 +6,8 @@ timm's Mixup/CutMix with label smoothing, timm's RandAugment + random erasing, a
 clipping and accumulation, DDP through ``torchrun``. The checkpoint kept is the best on the SOURCE
 validation split (``--select_metric loss|auc``); selecting on a target domain needs
 ``--target_domain_selection``, whose checkpoints say so. Flag names follow the reference's
-``main_finetune_DfD.py``.
+``main_finetune_DfD.py``. ``--adapter fs`` trains the FS-Adapter on the frozen encoder instead
+(``models/adapter.py``), with the authors' adapter recipe where the flags are not given.
 
 With no data it runs the embedded synthetic forgery benchmark on the CPU in minutes: it trains on
 face swaps and local reenactments of synthetic people, then tests on unseen upsampling artefacts and
@@ -45,7 +46,10 @@ from .data.loaders import TrainData
 from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainingParts, write_json
 from .metrics import SingleClassWarning, frame_metrics
 from .models import list_models
-from .models.detector import DETECTOR_FORMAT, DetectorConfig, load_pretrained_encoder
+from .models.adapter import (encoder_reference, freeze_encoder, load_trained_state, real_anchored_contrastive,
+                             trained_state)
+from .models.detector import (ADAPTER_FORMAT, DETECTOR_FORMAT, DetectorConfig, PretrainedEncoder, detector_config,
+                              load_pretrained_encoder)
 from .run_log import RunLog
 from .schedules import cosine_lr
 from .signals import ignore_stop_signals
@@ -80,6 +84,9 @@ DEMO_DEFAULTS = {
     "log_every": 10,
     "finetune": "auto",
 }
+# What --adapter fs changes in the recipe when the flags are not given: the authors' FS-Adapter script for
+# deepfakes (base lr 5e-3, no weight decay; their runs are 50 epochs long, --epochs 50).
+ADAPTER_DEFAULTS = {"blr": 5e-3, "weight_decay": 0.0}
 
 
 def get_args_parser():
@@ -95,6 +102,7 @@ def get_args_parser():
     g.add_argument("--global_pool", dest="global_pool", action="store_true", default=True,
                    help="average the patch tokens, then fc_norm (the recipe)")
     g.add_argument("--cls_token", dest="global_pool", action="store_false", help="classify the cls token instead")
+    add_adapter_flags(p, weight_cl=0.01)
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", default=10, type=int)
@@ -174,14 +182,31 @@ def get_args_parser():
     return p
 
 
-def parse_args(argv: list[str] | None = None):
-    parser = get_args_parser()
+def add_adapter_flags(parser, weight_cl: float) -> None:
+    g = parser.add_argument_group("FS-Adapter")
+    g.add_argument("--adapter", default="none", choices=["none", "fs"],
+                   help="fs: freeze the pretrained encoder and train only the FS-Adapter, its projector and the head")
+    g.add_argument("--adapter_reduction", default=4, type=int, help="adapter bottleneck width = encoder width / this")
+    g.add_argument("--weight_cl", default=weight_cl, type=float, help="weight of the real-anchored contrastive loss")
+    g.add_argument("--temperature", default=0.07, type=float, help="temperature of the contrastive loss")
+
+
+def parse_with_defaults(parser, argv, is_demo, demo_defaults: dict, adapter_defaults: dict):
+    """``argv`` parsed with the demo's defaults when ``is_demo(args)`` and the FS-Adapter recipe's with
+    ``--adapter fs``; the flags the user gave keep their values. ``args.demo`` says which."""
+    first = parser.parse_args(argv)
+    if is_demo(first):
+        parser.set_defaults(**demo_defaults)
+    if first.adapter == "fs":
+        parser.set_defaults(**adapter_defaults)
     args = parser.parse_args(argv)
-    args.demo = not args.data_path and not args.train_split
-    if args.demo:
-        parser.set_defaults(**DEMO_DEFAULTS)  # flags the user gave keep their values
-        args = parser.parse_args(argv)
-        args.demo = True
+    args.demo = is_demo(first)
+    return args
+
+
+def parse_args(argv: list[str] | None = None):
+    args = parse_with_defaults(get_args_parser(), argv, lambda a: not a.data_path and not a.train_split,
+                               DEMO_DEFAULTS, ADAPTER_DEFAULTS)
     checks = [(args.batch_size >= 1 and args.epochs >= 1 and args.accum_iter >= 1,
                "--batch_size, --epochs and --accum_iter must be >= 1"),
               (args.warmup_epochs >= 0 and args.blr > 0 and (args.lr is None or args.lr > 0),
@@ -191,7 +216,8 @@ def parse_args(argv: list[str] | None = None):
                "--drop_path and --smoothing must be in [0, 1), --reprob in [0, 1]"),
               (bool(args.train_split) == bool(args.val_split) or bool(args.data_path),
                "--train_split needs --val_split (model selection uses the source validation split)"),
-              (args.num_workers >= 0 and args.keep_last >= 1, "--num_workers must be >= 0, --keep_last >= 1")]
+              (args.num_workers >= 0 and args.keep_last >= 1, "--num_workers must be >= 0, --keep_last >= 1"),
+              (args.weight_cl >= 0 and args.temperature > 0, "--weight_cl must be >= 0 and --temperature > 0")]
     for ok, message in checks:
         if not ok:
             raise cli.UsageError(message)
@@ -332,9 +358,13 @@ def normalisation(args, encoder) -> tuple[list[float], list[float], str]:
 
 class DetectionLoss:
     """Mixup/CutMix of the batch (their label smoothing included) and soft-target cross-entropy, as the
-    recipe; without mixup, label-smoothed cross-entropy."""
+    recipe; without mixup, label-smoothed cross-entropy. With the FS-Adapter, plus ``weight_cl`` x the
+    real-anchored contrastive loss of its projections, with the batch's own labels (mixed or not, as
+    the authors do)."""
 
     def __init__(self, args):
+        self.weight_cl = args.weight_cl if getattr(args, "adapter", "none") == "fs" else 0.0
+        self.temperature = getattr(args, "temperature", 0.07)
         self.mixup = None
         if mixup_active(args):
             self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
@@ -348,17 +378,25 @@ class DetectionLoss:
 
     def __call__(self, model, batch: dict) -> torch.Tensor | None:
         images, targets = batch["images"], batch["labels"]
+        labels = targets
         if self.mixup is not None:
             keep = images.shape[0] - images.shape[0] % 2  # mixup pairs samples; a skipped image can leave one over
             if keep == 0:
                 return None
+            labels = labels[:keep]
             images, targets = self.mixup(images[:keep], targets[:keep])
-        return self.criterion(model(images), targets)
+        out = model(images)
+        logits, projection = out if isinstance(out, tuple) else (out, None)  # the adapter's head gives both
+        loss = self.criterion(logits, targets)
+        if projection is not None and self.weight_cl:
+            loss = loss + self.weight_cl * real_anchored_contrastive(projection, labels, self.temperature)
+        return loss
 
 
 def validator(sets: dict[str, LabelledImages], *, batch_size: int, num_workers: int, device, amp_dtype,
-              info: DistInfo):
-    """``validate(model)``: cross-entropy (no smoothing) and frame metrics over each whole split."""
+              info: DistInfo, metrics=None):
+    """``validate(model)``: cross-entropy (no smoothing) and ``metrics(dataset, scores)`` (default: frame
+    metrics) over each whole split."""
     def validate(model) -> dict[str, dict[str, float]]:
         results = {}
         for name, dataset in sets.items():
@@ -368,7 +406,8 @@ def validator(sets: dict[str, LabelledImages], *, batch_size: int, num_workers: 
             loss = F.cross_entropy(torch.from_numpy(scores.logits).float(), torch.from_numpy(labels)).item()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SingleClassWarning)
-                results[name] = {"loss": loss, **frame_metrics(labels, scores.fake_prob), "images": int(labels.size)}
+                found = metrics(dataset, scores) if metrics else frame_metrics(labels, scores.fake_prob)
+                results[name] = {"loss": loss, **found, "images": int(labels.size)}
         return results
     return validate
 
@@ -392,12 +431,17 @@ def train(args) -> dict:
         return _train(args, info)
 
 
-def _train(args, info: DistInfo) -> dict:
+def run_place(args, info: DistInfo) -> tuple[torch.device, torch.dtype | None, Path]:
+    """This process's device and autocast dtype, and ``--output_dir``, proved writable by the main process."""
     device = resolve_device(args.device, info)
-    amp_dtype = autocast_dtype(args.precision, device)
     out_dir = Path(args.output_dir)
     if info.is_main:
         cli.ensure_writable_dir(out_dir)
+    return device, autocast_dtype(args.precision, device), out_dir
+
+
+def _train(args, info: DistInfo) -> dict:
+    device, amp_dtype, out_dir = run_place(args, info)
     if args.demo:
         args.data_path = [str(write_demo_data(args, info))]
         args.test = args.test or [f"synthetic={args.data_path[0]}"]
@@ -430,10 +474,11 @@ def build_detector(args, splits: dict[str, list[Sample]], info: DistInfo):
     torch.manual_seed(args.seed)  # the same initial head on every rank
     config = DetectorConfig(model=args.model, img_size=args.input_size,
                             global_pool="avg" if args.global_pool else "cls", drop_path_rate=args.drop_path,
-                            eval_resize=args.eval_resize, train_classes=tuple(sorted({s.cls for s in splits["train"]})))
+                            eval_resize=args.eval_resize, train_classes=tuple(sorted({s.cls for s in splits["train"]})),
+                            adapter="" if args.adapter == "none" else args.adapter,
+                            adapter_reduction=args.adapter_reduction)
     model = config.build()
-    pretrained = resolve_pretrained(args, print if info.is_main else (lambda *a: None))
-    encoder = load_pretrained_encoder(model, pretrained) if pretrained else None
+    encoder = load_encoder(model, config, args, info)
     mean, std, source = normalisation(args, encoder)
     torch.manual_seed(args.seed + info.rank)  # drop path differs per rank
     return model, dataclasses.replace(config, mean=tuple(mean), std=tuple(std), mean_std_source=source), encoder
@@ -454,19 +499,7 @@ def build_parts(args, model, config: DetectorConfig, encoder, splits, info: Dist
     total = args.epochs * ipe
     groups = param_groups_layer_decay(model, weight_decay=args.weight_decay,
                                       no_weight_decay_list=model.no_weight_decay(), layer_decay=args.layer_decay)
-
-    def record() -> dict:
-        return {"format": DETECTOR_FORMAT, "detector": config.to_dict(), "model": model.state_dict(),
-                "pretrained": None if encoder is None else {"path": encoder.path, "kind": encoder.kind}}
-
-    def restore(ckpt: dict, path: Path) -> None:
-        saved = ckpt.get("detector") or {}
-        differ = [k for k in ("model", "img_size", "global_pool", "num_classes") if saved.get(k) != getattr(config, k)]
-        if ckpt.get("format") != DETECTOR_FORMAT or differ:
-            raise CheckpointError(f"{path} is not a checkpoint of this detector (differs in {differ or 'format'}: "
-                                  f"{ {k: saved.get(k) for k in differ} })")
-        load_state_dict_strict(model, ckpt["model"], path, "detector")
-
+    record, restore = detector_checkpointing(model, config, encoder)
     parts = TrainingParts(
         model=model, optimizer=_adamw(groups, args.lr), data=data, loss=DetectionLoss(args),
         validate=validator(val_sets, batch_size=args.eval_batch_size, num_workers=args.num_workers, device=device,
@@ -487,11 +520,66 @@ def effective_batch(args, info: DistInfo) -> int:
     return args.batch_size * args.accum_iter * info.world_size
 
 
-def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
-    try:  # the fused kernel where this torch build has it for the device
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
+def load_encoder(model, config: DetectorConfig, args, info: DistInfo) -> PretrainedEncoder | None:
+    """The pretrained encoder of ``--finetune`` loaded into ``model`` (None: from scratch); with the
+    FS-Adapter, which needs one, the encoder is then frozen."""
+    pretrained = resolve_pretrained(args, print if info.is_main else (lambda *a: None))
+    if config.adapter and not pretrained:
+        raise cli.UsageError("--adapter fs trains on a frozen pretrained encoder: give --finetune CKPT (or run "
+                             "python -m fsfm_fast.pretrain first for the demo)")
+    encoder = load_pretrained_encoder(model, pretrained) if pretrained else None
+    if config.adapter and info.is_main:
+        total = sum(p.numel() for p in model.parameters())
+        print(f"FS-Adapter: the encoder is frozen; {freeze_encoder(model):,} of {total:,} parameters train "
+              "(adapter, projector, head)", flush=True)
+    elif config.adapter:
+        freeze_encoder(model)
+    return encoder
+
+
+def detector_checkpointing(model, config: DetectorConfig, encoder: PretrainedEncoder | None):
+    """``(record, restore)`` for the engine: what a checkpoint keeps of the detector, and how a resume
+    puts it back. The whole detector (``DETECTOR_FORMAT``), or for the FS-Adapter only its trained parts
+    and the frozen encoder by path and checksum (``ADAPTER_FORMAT``, ``models/adapter.py``)."""
+    pretrained = None if encoder is None else {"path": encoder.path, "kind": encoder.kind,
+                                               "mean_std_source": config.mean_std_source}
+    fmt = ADAPTER_FORMAT if config.adapter else DETECTOR_FORMAT
+    reference = encoder_reference(encoder) if config.adapter else None
+
+    def record() -> dict:
+        if config.adapter:
+            return {"format": fmt, "detector": config.to_dict(), "model": trained_state(model), "encoder": reference,
+                    "pretrained": pretrained}
+        return {"format": fmt, "detector": config.to_dict(), "model": model.state_dict(), "pretrained": pretrained}
+
+    def restore(ckpt: dict, path: Path) -> None:
+        saved = detector_config(ckpt, path) if ckpt.get("format") == fmt else None
+        keys = ("model", "img_size", "global_pool", "num_classes", "head", "adapter", "adapter_reduction")
+        differ = [k for k in keys if saved is None or getattr(saved, k) != getattr(config, k)]
+        if differ:
+            raise CheckpointError(f"{path} is not a checkpoint of this detector (differs in {differ}: "
+                                  f"{ {k: getattr(saved, k, None) for k in differ} })")
+        if not config.adapter:
+            load_state_dict_strict(model, ckpt["model"], path, "detector")
+            return
+        if (ckpt.get("encoder") or {}).get("sha256") != reference["sha256"]:
+            raise CheckpointError(f"{path} was trained on another encoder ({(ckpt.get('encoder') or {}).get('path')}) "
+                                  f"than --finetune {encoder.path}")
+        load_trained_state(model, ckpt["model"], path)
+
+    return record, restore
+
+
+def fused(optimizer, params, **kwargs) -> torch.optim.Optimizer:
+    """``optimizer(params, **kwargs)`` with the fused kernel where this torch build has it for the device."""
+    try:
+        return optimizer(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+        return optimizer(params, foreach=True, **kwargs)
+
+
+def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    return fused(torch.optim.AdamW, groups, lr=lr)
 
 
 def _announce(args, info, device, amp_dtype, splits, encoder, config, data, log) -> None:

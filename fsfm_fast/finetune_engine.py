@@ -55,10 +55,13 @@ class Selection:
     metric: str
     mode: str = "min"  # "min" or "max"
     target_domain: bool = False  # chooses with target-domain labels: an oracle, labelled as such
+    later_ties: bool = False  # a value equal to the best also wins: of equal ones, the latest checkpoint
 
     def better(self, value: float, best: float | None) -> bool:
         if not math.isfinite(value):
             return False
+        if best is not None and value == best:
+            return self.later_ties
         return best is None or (value < best if self.mode == "min" else value > best)
 
     def describe(self) -> str:

@@ -97,3 +97,69 @@ def video_level(video_ids, labels, scores) -> tuple[np.ndarray, np.ndarray]:
 def video_metrics(video_ids, labels, scores, threshold: float = 0.5) -> dict[str, float]:
     """``frame_metrics`` of the per-video mean scores."""
     return frame_metrics(*video_level(video_ids, labels, scores), threshold=threshold)
+
+
+# ----------------------------------------------------------------------------------------------
+# face anti-spoofing: attack = 1 (the positive class), score = P(attack)
+
+FAS_KEYS = ("hter", "auc", "tpr_at_fpr_1pct", "far", "frr", "threshold")
+
+
+def hter(labels, scores, threshold: float) -> tuple[float, float, float]:
+    """(HTER, FAR, FRR) when a sample scoring ``>= threshold`` is called an attack: FAR is the share of
+    attacks accepted as real, FRR the share of real faces rejected, HTER their mean. NaN for a one-class set."""
+    y, s = _as_arrays(labels, scores)
+    if not _both_classes(y, "hter"):
+        return float("nan"), float("nan"), float("nan")
+    attack = s >= threshold
+    far = float((~attack[y == 1]).mean())
+    frr = float(attack[y == 0].mean())
+    return (far + frr) / 2, far, frr
+
+
+def eer_threshold(labels, scores) -> float:
+    """The threshold where FAR and FRR are closest, among the observed scores (an attack scores
+    ``>= threshold``): how the reference picks its HTER threshold. Of equally close ones, the lowest, as
+    the reference's sweep does. NaN for a one-class set."""
+    y, s = _as_arrays(labels, scores)
+    if not _both_classes(y, "eer_threshold"):
+        return float("nan")
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)  # thresholds decreasing, inf first
+    finite = np.isfinite(thresholds)
+    gap = np.abs(fpr - (1.0 - tpr))[finite]
+    closest = np.nonzero(gap == gap.min())[0][-1]
+    return float(thresholds[finite][closest])
+
+
+def tpr_at_fpr(labels, scores, max_fpr: float = 0.01) -> float:
+    """The highest true positive rate (label 1 positive, higher score more positive) among the ROC points
+    whose false positive rate is at most ``max_fpr``. NaN for a one-class set."""
+    y, s = _as_arrays(labels, scores)
+    if not _both_classes(y, "tpr_at_fpr"):
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return float(tpr[fpr <= max_fpr].max())  # (0, 0) is always a point
+
+
+def fas_metrics(labels, scores, threshold: float | None = None) -> dict[str, float]:
+    """Face anti-spoofing metrics of one set: HTER, FAR and FRR at ``threshold`` (default: the set's own
+    ``eer_threshold``, which uses its labels), AUC, and TPR at FPR = 1% in the reference's orientation
+    (real faces positive: the share of real faces accepted while at most 1% of attacks are)."""
+    y, s = _as_arrays(labels, scores)
+    if not _both_classes(y, "fas_metrics"):
+        return dict.fromkeys(FAS_KEYS, float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingleClassWarning)
+        t = eer_threshold(y, s) if threshold is None else float(threshold)
+        rate, far, frr = hter(y, s, t)
+        live_tpr = tpr_at_fpr(1 - y, -s, 0.01)
+    return {"hter": rate, "auc": float(roc_auc_score(y, s)), "tpr_at_fpr_1pct": live_tpr, "far": far, "frr": frr,
+            "threshold": t}
+
+
+def fas_levels(video_ids, labels, scores, thresholds: dict[str, float] | None = None) -> dict[str, dict]:
+    """``fas_metrics`` at frame level and at video level (a video's score is the mean of its frames'),
+    each at its own threshold from ``thresholds`` {"frame": t, "video": t}, or at the set's own."""
+    thresholds = thresholds or {}
+    return {"frame": fas_metrics(labels, scores, thresholds.get("frame")),
+            "video": fas_metrics(*video_level(video_ids, labels, scores), threshold=thresholds.get("video"))}

@@ -15,7 +15,7 @@ from fsfm_fast import cli
 from fsfm_fast.checkpoint import (CheckpointError, CheckpointManager, check_same_run, load_state_dict_strict,
                                   safe_load, save_atomic)
 from fsfm_fast.run_log import RunLog, read_log
-from fsfm_fast.signals import StopSignal, ignore_stop_signals
+from fsfm_fast.signals import StopSignal
 
 
 def test_zero_byte_checkpoint_says_empty(tmp_path):

@@ -1,6 +1,7 @@
 """FSFM-3C networks: the online (masked) branch and the EMA target branch; detectors built on the encoder."""
 from fsfm_fast.models.configs import MODEL_CONFIGS, ModelConfig, get_config, list_models
 from fsfm_fast.models.detector import (
+    ADAPTER_FORMAT,
     DETECTOR_FORMAT,
     DetectorConfig,
     PretrainedEncoder,
@@ -8,6 +9,7 @@ from fsfm_fast.models.detector import (
     load_detector,
     load_pretrained_encoder,
 )
+from fsfm_fast.models.adapter import load_adapter_detector, real_anchored_contrastive
 from fsfm_fast.models.fsfm import (
     REP_POS_EMBEDS,
     FSFMTrunk,
@@ -21,12 +23,14 @@ from fsfm_fast.models.fsfm import (
 )
 
 __all__ = [
+    "ADAPTER_FORMAT",
     "DETECTOR_FORMAT",
     "MODEL_CONFIGS",
     "REP_POS_EMBEDS",
     "DetectorConfig",
     "PretrainedEncoder",
     "create_detector",
+    "load_adapter_detector",
     "load_detector",
     "load_pretrained_encoder",
     "FSFMTrunk",
@@ -40,4 +44,5 @@ __all__ = [
     "get_config",
     "list_models",
     "load_reference_weights",
+    "real_anchored_contrastive",
 ]

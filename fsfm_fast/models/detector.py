@@ -8,9 +8,12 @@ understands it. Its encoder keys (``patch_embed.*``, ``cls_token``, ``pos_embed`
   timm then has no ``norm``, and the pretrained ``norm`` is ignored, as the reference does;
 - ``global_pool="cls"``: the cls token after ``norm`` -> ``head``.
 
-A detector checkpoint (``DETECTOR_FORMAT``) records everything needed to rebuild and use the detector
-without the training flags: model name, input size, pooling, classes and their names, the input
-mean/std, and the evaluation resize (``DetectorConfig``).
+The head is a linear layer (the recipe), the reference's anti-spoofing head, or either behind the
+FS-Adapter (``models.heads``). A detector checkpoint (``DETECTOR_FORMAT``) records everything needed to
+rebuild and use the detector without the training flags: model name, input size, pooling, head,
+classes and their names, the input mean/std, and the evaluation resize (``DetectorConfig``). An
+FS-Adapter checkpoint (``ADAPTER_FORMAT``, ``models.adapter``) holds only the trained parts and names
+its frozen encoder file; ``load_detector`` reads both kinds.
 """
 from __future__ import annotations
 
@@ -25,23 +28,28 @@ from typing import Any
 
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, safe_load
 from fsfm_fast.models.configs import get_config
+from fsfm_fast.models.heads import HEADS, FSAdapterHead, make_head
 
 DETECTOR_FORMAT = "fsfm_fast.detector/1"
+ADAPTER_FORMAT = "fsfm_fast.adapter/1"  # trained parts only, the encoder by reference (models.adapter)
 PRETRAIN_FORMAT = "fsfm_fast.pretrain/1"
 POOLINGS = {"avg": "avg", "cls": "token"}  # our name -> timm's
 EVAL_RESIZES = ("crop", "plain")
-HEAD_INIT_STD = 2e-5
+ADAPTERS = ("", "fs")  # "": the whole detector is one model; "fs": FS-Adapter on a frozen encoder
 
 
 def create_detector(name: str, num_classes: int = 2, img_size: int = 224, global_pool: str = "avg",
-                    drop_path_rate: float = 0.1) -> VisionTransformer:
-    """A timm ViT of the FSFM size ``name`` with a fresh head (weights ~ N(0, 2e-5), bias 0)."""
+                    drop_path_rate: float = 0.1, head: str = "linear", adapter: str = "",
+                    adapter_reduction: int = 4) -> VisionTransformer:
+    """A timm ViT of the FSFM size ``name`` with a fresh head: ``head`` "linear" (weights ~ N(0, 2e-5),
+    bias 0) or "fas" (the reference's anti-spoofing head), behind the FS-Adapter when ``adapter="fs"``
+    (``models.heads``)."""
     config = get_config(name)
     if global_pool not in POOLINGS:
         raise ValueError(f"global_pool must be one of {list(POOLINGS)}, got {global_pool!r}")
@@ -49,15 +57,18 @@ def create_detector(name: str, num_classes: int = 2, img_size: int = 224, global
         raise ValueError(f"img_size must be a positive multiple of the patch size {config.patch_size}, got {img_size}")
     if int(num_classes) != num_classes or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
+    if adapter not in ADAPTERS:
+        raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
     model = VisionTransformer(
         img_size=int(img_size), patch_size=config.patch_size, num_classes=int(num_classes),
         global_pool=POOLINGS[global_pool], embed_dim=config.embed_dim, depth=config.depth,
         num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=True,
         norm_layer=functools.partial(nn.LayerNorm, eps=1e-6), drop_path_rate=drop_path_rate,
     )
-    with torch.no_grad():
-        trunc_normal_(model.head.weight, std=HEAD_INIT_STD)
-        nn.init.zeros_(model.head.bias)
+    if adapter:
+        model.head = FSAdapterHead(config.embed_dim, int(num_classes), head, adapter_reduction)
+    else:
+        model.head = make_head(head, config.embed_dim, int(num_classes))
     model.model_name = name
     return model
 
@@ -237,6 +248,9 @@ class DetectorConfig:
     crop_pct: float = 0.875
     train_classes: tuple[str, ...] = ()  # class folders seen in training (evaluate marks the others unseen)
     mean_std_source: str = ""  # where mean/std came from (a pretrain_ds_mean_std.txt, ImageNet, ...)
+    head: str = "linear"  # "linear" or "fas" (models.heads)
+    adapter: str = ""  # "" or "fs": FS-Adapter on a frozen encoder (models.adapter)
+    adapter_reduction: int = 4
 
     def __post_init__(self):
         get_config(self.model)
@@ -248,9 +262,13 @@ class DetectorConfig:
             raise ValueError(f"inconsistent detector config: {self}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.head not in HEADS or self.adapter not in ADAPTERS:
+            raise ValueError(f"head must be one of {HEADS} and adapter one of {ADAPTERS}, got {self.head!r}, "
+                             f"{self.adapter!r}")
 
     def build(self) -> VisionTransformer:
-        return create_detector(self.model, self.num_classes, self.img_size, self.global_pool, self.drop_path_rate)
+        return create_detector(self.model, self.num_classes, self.img_size, self.global_pool, self.drop_path_rate,
+                               self.head, self.adapter, self.adapter_reduction)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -262,17 +280,28 @@ class DetectorConfig:
         return cls(**known)
 
 
-def load_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu"
-                  ) -> tuple[VisionTransformer, DetectorConfig, dict]:
-    """(model with its trained weights, its config, the whole checkpoint) from a detector checkpoint."""
+def load_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                  encoder: str | os.PathLike | None = None) -> tuple[VisionTransformer, DetectorConfig, dict]:
+    """(model with its trained weights, its config, the whole checkpoint) from a detector checkpoint:
+    a whole detector (``DETECTOR_FORMAT``), or an FS-Adapter's trained parts (``ADAPTER_FORMAT``), whose
+    frozen encoder is read from the file it references (or from ``encoder``, when that file moved) and
+    checked against the recorded checksum (``models.adapter.load_adapter_detector``)."""
     ckpt = safe_load(path, map_location=map_location)
+    if ckpt.get("format") == ADAPTER_FORMAT:
+        from fsfm_fast.models.adapter import load_adapter_detector  # the adapter module builds on this one
+        return load_adapter_detector(path, ckpt, encoder)
     if ckpt.get("format") != DETECTOR_FORMAT or "detector" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a fsfm_fast detector checkpoint (format {ckpt.get('format')!r}); "
                               "make one with python -m fsfm_fast.finetune")
-    try:
-        config = DetectorConfig.from_dict(ckpt["detector"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: its detector record is not usable ({exc})") from None
+    config = detector_config(ckpt, path)
     model = config.build()
     load_state_dict_strict(model, ckpt["model"], path, "detector")
     return model, config, ckpt
+
+
+def detector_config(ckpt: Mapping, path: str | os.PathLike) -> DetectorConfig:
+    """The ``DetectorConfig`` a detector checkpoint records."""
+    try:
+        return DetectorConfig.from_dict(ckpt["detector"])
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: its detector record is not usable ({exc})") from None

@@ -1,0 +1,439 @@
+"""Cross-domain face anti-spoofing: ``python -m fsfm_fast.finetune_fas``.
+
+    python -m fsfm_fast.finetune_fas --finetune checkpoint-400.pth --model fsfm_vit_base_patch16 \\
+        --source O=/data/fas/OULU --source C=/data/fas/CASIA --source I=/data/fas/ReplayAttack \\
+        --target M=/data/fas/MSU --output_dir runs/fas_OCI_to_M
+
+Leave one domain out (SPEC section 7, the reference's MCIO protocol): train on the ``--source`` domains,
+test on the ``--target`` one. Each domain is ``<root>/{train,test}/{real, spoof|fake|attack...}/`` with
+``<video>_frame_<i>.png`` frames (``data/fas.py``); an attack is 1 and a score is P(attack). The
+reference's recipe: every batch holds ``--batch_per_group`` (12) frames of each (source domain, class),
+each frame once per pass over its group (``data.sampler.BalancedBatchSampler``); Adam, lr 1e-4, weight
+decay 1e-6, 4000 iterations, an evaluation every 100; HSV-saturation and flip augmentation; the
+reference's head (``--head fas``: Linear(d, 512), ReLU, Dropout 0.5, feature scaling, an L2-normalised
+Linear(512, 2); d is the encoder's width) or a linear one (``--head linear``). ``--seeds 0,1,2,3,4``
+repeats the run and reports mean ± std, as the reference does. ``--adapter fs`` trains the FS-Adapter on
+the frozen encoder (``models/adapter.py``), with the authors' FAS adapter recipe (lr 5e-2, weight decay
+5e-5, contrastive weight 0.1) where the flags are not given.
+
+Two evaluations, both always reported, each labelled:
+
+- honest: the checkpoint with the best ``--select_metric`` (video HTER) on held-out SOURCE data, and
+  the threshold where FAR and FRR meet on those held-out data, frame and video level each their own.
+  The held-out data are a source's ``val/`` folder, or ``--val_fraction`` of its training videos
+  (seeded by ``--split_seed``, the same for every seed), listed in ``val_split.txt``;
+- reference-comparable: the checkpoint with the best video HTER on the TARGET test set and the target's
+  own FAR = FRR threshold, as the reference picks both. It uses the target's labels, and every output
+  says so.
+
+Each gives HTER, AUC and TPR at FPR = 1% (real faces accepted while 1% of attacks are) at frame level
+and at video level (a video's score is the mean of its frames'). Outputs in ``--output_dir``:
+``metrics.json`` (both evaluations per seed, their mean and std), ``seeds.csv`` (a row per seed,
+evaluation and level, in %, then mean and std rows), ``scores.csv`` (every scored frame of every seed
+and evaluation), ``table.md`` (what is printed), ``val_split.txt``; each seed's run in ``seed_<s>/``
+(log, resume checkpoints, ``checkpoint-best.pth`` honest, ``checkpoint-best-target_<NAME>.pth`` oracle).
+
+With no ``--source``/``--target`` it runs the embedded synthetic benchmark (``data/spoof.py``): four
+synthetic camera domains, live faces and print and replay attacks of them; three domains train and
+the fourth (``--synthetic_target``) is tested, on the CPU in minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import cli
+from .checkpoint import plain_args, safe_load
+from .data.fas import FASData, VAL_SPLIT_FILE, fas_train_transform, load_fas_data, write_split
+from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map
+from .data.sampler import BalancedBatchSampler
+from .data.spoof import DEFAULT_TARGET, DOMAINS, write_spoof_benchmark
+from .devices import device_type
+from .data.loaders import TrainData
+from .distributed import DistInfo, barrier, process_group
+from .evaluate import Scores, eval_transform, parse_tests, score_dataset
+from .finetune import (DetectionLoss, add_adapter_flags, detector_checkpointing, fused, load_encoder, normalisation,
+                       parse_with_defaults, run_place, validator)
+from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainingParts
+from .metrics import fas_levels
+from .models import list_models
+from .models.detector import DetectorConfig
+from .run_log import RunLog
+from .signals import ignore_stop_signals
+
+EVALUATIONS = {
+    "honest": "honest: checkpoint and threshold chosen on held-out source data",
+    "oracle": "reference-comparable: checkpoint and threshold chosen on the target test set (USES TARGET LABELS)",
+}
+REPORTED = ("hter", "auc", "tpr_at_fpr_1pct")
+SELECT_MODES = {"hter": "min", "auc": "max", "loss": "min"}
+DEMO_DATA_DIR = "synthetic_fas"
+# What a run with no --source/--target uses for every flag the user did not set: a tiny model on the
+# synthetic benchmark at 64 px, sized to finish in minutes on a laptop CPU; a larger lr than the
+# recipe's, because 300 iterations are not 4000.
+DEMO_DEFAULTS = {
+    "model": "fsfm_vit_tiny_patch16",
+    "input_size": 64,
+    "batch_per_group": 8,
+    "iterations": 300,
+    "eval_every": 50,
+    "lr": 5e-4,
+    "seeds": "0,1,2",
+    "val_fraction": 0.25,
+    "num_workers": 2,
+    "log_every": 10,
+    "output_dir": "output_demo_fas",
+    "finetune": "auto",
+}
+# What --adapter fs changes when the flags are not given: the authors' FS-Adapter script for FAS.
+ADAPTER_DEFAULTS = {"lr": 5e-2, "weight_decay": 5e-5}
+
+
+def get_args_parser():
+    p = cli.argument_parser("fsfm_fast.finetune_fas", __doc__)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="fsfm_vit_base_patch16", choices=list_models())
+    g.add_argument("--input_size", default=224, type=int)
+    g.add_argument("--finetune", "--pt_model", dest="finetune", default="",
+                   help="pretrained encoder (as fsfm_fast.finetune --finetune); 'auto' (the demo's default) takes the "
+                        "newest output_demo/checkpoint-*.pth if there is one")
+    g.add_argument("--head", default="fas", choices=["fas", "linear"],
+                   help="fas: the reference's head (bottleneck 512, dropout, feature scaling, normalised weights)")
+    g.add_argument("--drop_path", default=0.0, type=float, help="the reference's FAS default is 0")
+    add_adapter_flags(p, weight_cl=0.1)
+
+    g = p.add_argument_group("data")
+    g.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
+                   help="a source domain (PATH/train, and PATH/val if it has one); repeat for each")
+    g.add_argument("--target", default=None, metavar="NAME=PATH", help="the target domain (PATH/test)")
+    g.add_argument("--val_fraction", default=0.1, type=float,
+                   help="share of each source class's training videos held out for selection and the honest "
+                        "threshold (sources without a val/ folder)")
+    g.add_argument("--split_seed", default=0, type=int, help="seed of that hold-out (the same for every --seeds)")
+    g.add_argument("--class_map", action="append", default=[], metavar="NAME=real|fake[,...]",
+                   help="label class folders that the naming rule does not know (e.g. print=fake)")
+    g.add_argument("--normalize_from_IMN", action="store_true",
+                   help="ImageNet mean/std instead of the pretraining set's")
+    g.add_argument("--mean_std", default=None, help="a pretrain_ds_mean_std.txt (default: the one beside --finetune)")
+    g.add_argument("--num_workers", default=4, type=int)
+    g.add_argument("--synthetic_target", default=DEFAULT_TARGET, choices=list(DOMAINS),
+                   help="demo: the synthetic domain held out (the others train)")
+    g.add_argument("--synthetic_identities", default="24,12", help="demo: people per domain in train,test")
+    g.add_argument("--synthetic_frames", default=2, type=int, help="demo: frames per video")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch_per_group", default=12, type=int, help="frames of each (source domain, class) per batch")
+    g.add_argument("--iterations", default=4000, type=int)
+    g.add_argument("--lr", default=1e-4, type=float, help="Adam learning rate (constant)")
+    g.add_argument("--weight_decay", default=1e-6, type=float, help="Adam's L2 weight decay")
+    g.add_argument("--clip_grad", default=0.0, type=float, help="max grad norm; 0 disables (the reference's)")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
+    g.add_argument("--max_nonfinite", default=20, type=int)
+
+    g = p.add_argument_group("selection and evaluation")
+    g.add_argument("--eval_every", default=100, type=int, help="validate (and select) every N iterations")
+    g.add_argument("--select_metric", default="hter", choices=list(SELECT_MODES),
+                   help="the honest checkpoint: best video HTER (the reference's criterion), AUC or loss on the "
+                        "held-out source data; of equal values the later checkpoint, as the reference")
+    g.add_argument("--eval_batch_size", default=128, type=int)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--seeds", default="0,1,2,3,4", help="one run per seed, reported as mean ± std")
+    g.add_argument("--output_dir", default="output_fas")
+    g.add_argument("--resume", default="", choices=["", "auto"],
+                   help="auto: each seed continues from its newest checkpoint in seed_<s>/")
+    g.add_argument("--keep_last", default=1, type=int)
+    g.add_argument("--log_every", default=20, type=int)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    return p
+
+
+def parse_args(argv: list[str] | None = None):
+    args = parse_with_defaults(get_args_parser(), argv, lambda a: not a.source and a.target is None, DEMO_DEFAULTS,
+                               ADAPTER_DEFAULTS)
+    try:
+        args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise cli.UsageError(f"--seeds takes integers separated by commas, got {args.seeds!r}") from None
+    checks = [(args.demo or (args.source and args.target is not None),
+               "give --source NAME=PATH (one or more) and --target NAME=PATH, or neither for the synthetic demo"),
+              (args.seed_list and len(set(args.seed_list)) == len(args.seed_list), "--seeds must be distinct integers"),
+              (args.batch_per_group >= 1 and args.iterations >= 1 and args.eval_every >= 1,
+               "--batch_per_group, --iterations and --eval_every must be >= 1"),
+              (args.lr > 0 and args.weight_decay >= 0, "--lr must be > 0 and --weight_decay >= 0"),
+              (0 <= args.val_fraction < 1, f"--val_fraction must be in [0, 1), got {args.val_fraction}"),
+              (0 <= args.drop_path < 1 and args.weight_cl >= 0 and args.temperature > 0,
+               "--drop_path must be in [0, 1), --weight_cl >= 0, --temperature > 0"),
+              (args.num_workers >= 0 and args.keep_last >= 1 and args.eval_batch_size >= 1,
+               "--num_workers must be >= 0, --keep_last and --eval_batch_size >= 1")]
+    for ok, message in checks:
+        if not ok:
+            raise cli.UsageError(message)
+    args.sources = parse_tests(args.source, "--source")
+    target = parse_tests([args.target], "--target") if args.target else {}
+    args.target_domain = next(iter(target.items()), None)
+    if args.target_domain and args.target_domain[0] in args.sources:
+        raise cli.UsageError(f"--target {args.target_domain[0]} is also a --source: leave it out of the sources")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def demo_domains(args, info: DistInfo) -> None:
+    """Write the synthetic benchmark (once) and point --source/--target at it."""
+    root = Path(args.output_dir) / DEMO_DATA_DIR
+    try:
+        train, test = (int(x) for x in args.synthetic_identities.split(","))
+    except ValueError:
+        raise cli.UsageError(f"--synthetic_identities takes two counts, got {args.synthetic_identities!r}") from None
+    if info.is_main:
+        print(f"writing the synthetic anti-spoofing benchmark to {root} (once)", flush=True)
+        try:
+            write_spoof_benchmark(root, seed=args.split_seed, size=args.input_size,
+                                  frames_per_video=args.synthetic_frames, identities={"train": train, "test": test})
+        except ValueError as exc:
+            raise cli.UsageError(str(exc)) from None
+    barrier(info)
+    args.sources = {d: str(root / d) for d in DOMAINS if d != args.synthetic_target}
+    args.target_domain = (args.synthetic_target, str(root / args.synthetic_target))
+
+
+def train_data(data: FASData, transform, args, seed: int, info: DistInfo, device) -> TrainData:
+    """Balanced batches of the source frames: ``batch_per_group`` of each (domain, class) per process."""
+    dataset = LabelledImages(data.train, transform, seed=seed)
+    sampler = BalancedBatchSampler(list(data.groups.values()), args.batch_per_group, args.eval_every,
+                                   num_replicas=info.world_size, rank=info.rank, seed=seed)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers, collate_fn=collate_labelled,
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
+                        generator=torch.Generator())
+    return TrainData(dataset, sampler, loader, "balanced (domain, class) batches", args.eval_every,
+                     sampler.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _picked(samples: list[Sample], scores: Scores) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([samples[i].video for i in scores.index]),
+            np.array([samples[i].label for i in scores.index], dtype=np.int64))
+
+
+def selection_metrics(dataset: LabelledImages, scores: Scores) -> dict[str, float]:
+    """What each validation reports and selects on: video level (the reference's), plus frame HTER/AUC,
+    each HTER at the split's own FAR = FRR threshold."""
+    levels = fas_levels(*_picked(dataset.samples, scores), scores.fake_prob)
+    return {**{k: levels["video"][k] for k in REPORTED}, "frame_hter": levels["frame"]["hter"],
+            "frame_auc": levels["frame"]["auc"]}
+
+
+def honest_metrics(held_out: tuple, target: tuple) -> dict:
+    """Target metrics at the thresholds where FAR and FRR meet on the held-out SOURCE data (frame and
+    video level each their own), and the held-out data's own. Each argument: (videos, labels, scores)."""
+    own = fas_levels(*held_out)
+    return {**fas_levels(*target, {level: own[level]["threshold"] for level in own}), "held_out": own}
+
+
+def oracle_metrics(target: tuple) -> dict:
+    """Target metrics at the target's own FAR = FRR thresholds: the reference's way, with target labels."""
+    return {**fas_levels(*target), "uses_target_labels": True}
+
+
+class SeedEvaluation:
+    """Both evaluations of one seed's run, from its two selected checkpoints."""
+
+    def __init__(self, model, restore, transform, args, info: DistInfo, device, amp_dtype):
+        self.model, self.restore, self.transform = model, restore, transform
+        self.score_args = {"batch_size": args.eval_batch_size, "num_workers": args.num_workers, "device": device,
+                           "amp_dtype": amp_dtype, "info": info}
+        self.rows: list[tuple] = []  # (evaluation, split, sample, score) for scores.csv
+        self.skipped: list[tuple[str, str]] = []  # unreadable images: left out of the metrics, named
+
+    def _load(self, path: Path) -> dict:
+        """Put the checkpoint's weights in the model; say when and how it was chosen."""
+        ckpt = safe_load(path)
+        self.restore(ckpt, path)
+        self.model.eval()
+        return {"iteration": ckpt["selection"]["iteration"], "selected_by": ckpt["selection"]["description"]}
+
+    def _score(self, evaluation: str, split: str, samples: list[Sample]):
+        scores = score_dataset(self.model, LabelledImages(samples, self.transform), **self.score_args)
+        self.skipped += scores.skipped
+        self.rows += [(evaluation, split, samples[i], p) for i, p in zip(scores.index, scores.fake_prob)]
+        return (*_picked(samples, scores), scores.fake_prob)
+
+    def honest(self, checkpoint: Path, data: FASData) -> dict:
+        chosen = self._load(checkpoint)
+        found = honest_metrics(self._score("honest", "val", data.val), self._score("honest", "target", data.target))
+        return {**found, "checkpoint": str(checkpoint), **chosen}
+
+    def oracle(self, checkpoint: Path, data: FASData) -> dict:
+        chosen = self._load(checkpoint)
+        return {**oracle_metrics(self._score("oracle", "target", data.target)), "checkpoint": str(checkpoint), **chosen}
+
+
+def aggregate(per_seed: dict[int, dict]) -> dict:
+    """{evaluation: {"label", "seeds": {seed: entry}, "mean"/"std": {level: {metric}}}}: mean and
+    population std (``np.std``, as the reference) of HTER, AUC and TPR@FPR=1% over the seeds."""
+    out = {}
+    for evaluation, label in EVALUATIONS.items():
+        seeds = {seed: result[evaluation] for seed, result in per_seed.items()}
+        stats = {name: {level: {k: float(fn([e[level][k] for e in seeds.values()])) for k in REPORTED}
+                        for level in ("frame", "video")} for name, fn in (("mean", np.mean), ("std", np.std))}
+        out[evaluation] = {"label": label, "seeds": seeds, **stats}
+    return out
+
+
+def write_seed_table(path: Path, summary: dict) -> None:
+    """``seeds.csv``: a row per (evaluation, level, seed), then its mean and std rows; metrics in %."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["evaluation", "level", "run", "hter_%", "auc_%", "tpr_at_fpr_1%_%"])
+        for evaluation, entry in summary.items():
+            for level in ("video", "frame"):
+                rows = [(str(seed), e[level]) for seed, e in entry["seeds"].items()]
+                rows += [(name, entry[name][level]) for name in ("mean", "std")]
+                for run, values in rows:
+                    writer.writerow([evaluation, level, run, *(f"{100 * values[k]:.4f}" for k in REPORTED)])
+
+
+def format_summary(summary: dict, title: str) -> str:
+    lines = [title, "", "| evaluation | level | HTER % | AUC % | TPR@FPR=1% % | runs |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for entry in summary.values():
+        for level in ("video", "frame"):
+            cells = [f"{100 * entry['mean'][level][k]:.2f} ± {100 * entry['std'][level][k]:.2f}" for k in REPORTED]
+            lines.append(f"| {entry['label']} | {level} | " + " | ".join(cells) + f" | {len(entry['seeds'])} |")
+    return "\n".join(lines)
+
+
+def write_outputs(out_dir: Path, summary: dict, protocol: dict, scored: dict[int, list[tuple]], title: str) -> str:
+    (out_dir / "metrics.json").write_text(json.dumps({"protocol": protocol, **summary}, indent=1, allow_nan=True,
+                                                     default=str) + "\n", encoding="utf-8")
+    write_seed_table(out_dir / "seeds.csv", summary)
+    with (out_dir / "scores.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["seed", "evaluation", "split", "path", "video", "label", "score"])
+        for seed, rows in scored.items():
+            writer.writerows([seed, ev, split, s.path, s.video, s.label, f"{p:.6f}"] for ev, split, s, p in rows)
+    table = format_summary(summary, title)
+    (out_dir / "table.md").write_text(table + "\n", encoding="utf-8")
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def run_seed(args, seed: int, data: FASData, info: DistInfo, device, amp_dtype) -> tuple[dict, list] | None:
+    """Train one seed, then evaluate both of its selected checkpoints; None when a signal stopped it."""
+    out_dir = Path(args.output_dir) / f"seed_{seed}"
+    target = args.target_domain[0]
+    torch.manual_seed(seed)  # the same initial head on every rank
+    config = DetectorConfig(model=args.model, img_size=args.input_size, drop_path_rate=args.drop_path,
+                            labels=("real", "attack"), eval_resize="plain", head=args.head,
+                            adapter="" if args.adapter == "none" else args.adapter,
+                            adapter_reduction=args.adapter_reduction,
+                            train_classes=tuple(sorted({s.cls for s in data.train})))
+    model = config.build()
+    encoder = load_encoder(model, config, args, info)
+    mean, std, mean_std_source = normalisation(args, encoder)
+    config = dataclasses.replace(config, mean=tuple(mean), std=tuple(std), mean_std_source=mean_std_source)
+    model.to(device)
+    torch.manual_seed(seed + info.rank)
+    eval_tf = eval_transform(config)
+    checks = {"val": LabelledImages(data.val, eval_tf), f"target:{target}": LabelledImages(data.target, eval_tf)}
+    record, restore = detector_checkpointing(model, config, encoder)
+    optimizer = fused(torch.optim.Adam, [p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                      weight_decay=args.weight_decay)
+    honest = Selection("best", "val", args.select_metric, SELECT_MODES[args.select_metric], later_ties=True)
+    oracle = Selection(f"best-target_{re.sub(r'[^A-Za-z0-9_.-]', '_', target)}", f"target:{target}", "hter", "min",
+                       target_domain=True, later_ties=True)
+    plain_ce = argparse.Namespace(mixup=0.0, cutmix=0.0, cutmix_minmax=None, smoothing=0.0, adapter=args.adapter,
+                                  weight_cl=args.weight_cl, temperature=args.temperature)
+    parts = TrainingParts(
+        model=model, optimizer=optimizer,
+        data=train_data(data, fas_train_transform(args.input_size, mean, std), args, seed, info, device),
+        loss=DetectionLoss(plain_ce),  # the reference's plain cross-entropy (+ the adapter's contrastive loss)
+        validate=validator(checks, batch_size=args.eval_batch_size, num_workers=args.num_workers, device=device,
+                           amp_dtype=amp_dtype, info=info, metrics=selection_metrics),
+        selections=[honest, oracle], lr_at=lambda it: args.lr, record=record, restore=restore)
+    settings = RunSettings(output_dir=out_dir, total_iters=args.iterations, eval_every=args.eval_every, device=device,
+                           amp_dtype=amp_dtype, clip_grad=args.clip_grad, keep_last=args.keep_last,
+                           max_nonfinite=args.max_nonfinite, log_every=args.log_every, seed=seed,
+                           resume=args.resume, args={**plain_args(args), "seed": seed})
+    if info.is_main:
+        cli.ensure_writable_dir(out_dir)
+    log = RunLog(out_dir, enabled=info.is_main, total=args.iterations)
+    engine = FinetuneEngine(parts, settings, info, log)
+    start = f"from {encoder.path} ({encoder.kind})" if encoder else "FROM SCRATCH (no --finetune)"
+    log.message(f"seed {seed}: {args.model} at {args.input_size}px {start}, head {args.head}"
+                + (", FS-Adapter on the frozen encoder" if config.adapter else "")
+                + f"; batches of {args.batch_per_group} x {len(data.groups)} (domain, class) groups on {device}; "
+                  f"{args.iterations} iterations, Adam lr {args.lr:g}; mean/std from {mean_std_source}")
+    summary = engine.run()
+    if summary["stopped_by_signal"]:
+        log.message(f"stopped by signal at iteration {summary['iteration']} of seed {seed}; "
+                    "continue with --resume auto")
+        return None
+    evaluation = SeedEvaluation(model, restore, eval_tf, args, info, device, amp_dtype)
+    result = {"honest": evaluation.honest(engine.best_path(honest), data),
+              "oracle": evaluation.oracle(engine.best_path(oracle), data)}
+    for path, reason in dict(evaluation.skipped).items():
+        log.message(f"seed {seed}: left out of the evaluation, unreadable: {path} ({reason})")
+    return result, evaluation.rows
+
+
+def train(args, info: DistInfo) -> dict | None:
+    """Every seed of the protocol, then both evaluations' summary (None when a signal stopped it)."""
+    device, amp_dtype, out_dir = run_place(args, info)
+    if args.demo:
+        demo_domains(args, info)
+    data = load_fas_data(args.sources, args.target_domain, val_fraction=args.val_fraction, split_seed=args.split_seed,
+                         class_map=parse_class_map(args.class_map))
+    target = args.target_domain[0]
+    if info.is_main:
+        write_split(out_dir / VAL_SPLIT_FILE, data)
+        print(f"sources {', '.join(args.sources)} -> target {target}; frames: train {len(data.train)}, "
+              f"held-out source {len(data.val)}, target test {len(data.target)}", flush=True)
+    per_seed, scored = {}, {}
+    for seed in args.seed_list:
+        done = run_seed(args, seed, data, info, device, amp_dtype)
+        if done is None:
+            return None
+        per_seed[seed], scored[seed] = done
+    summary = aggregate(per_seed)
+    protocol = {"sources": args.sources, "target": dict([args.target_domain]), "seeds": args.seed_list,
+                "held_out_source": {"file": VAL_SPLIT_FILE, "per_source": data.split},
+                "synthetic_benchmark": args.demo}
+    if info.is_main:
+        title = (f"face anti-spoofing, {' + '.join(args.sources)} -> {target}"
+                 + (" (synthetic benchmark)" if args.demo else "") + f", {args.model}"
+                 + (" + FS-Adapter" if args.adapter == "fs" else "") + f", mean ± std over seeds {args.seeds}")
+        print(write_outputs(out_dir, summary, protocol, scored, title))
+        print(f"wrote metrics.json, seeds.csv, scores.csv and table.md to {out_dir}")
+    barrier(info)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with process_group(device_type(args.device)) as info:
+        train(args, info)  # None: stopped by a signal, after saving; --resume auto continues
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main, "fsfm_fast.finetune_fas"))
