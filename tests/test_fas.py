@@ -214,7 +214,7 @@ def test_adapter_trains_only_its_parts_and_saves_only_them(encoder_file, tmp_pat
     assert changed and all(k.startswith(("head.adapter.", "head.projector.", "head.classifier.")) for k in changed)
     assert {k.split(".")[1] for k in changed} == {"adapter", "projector", "classifier"}
 
-    record, _ = finetune.detector_checkpointing(model, config, encoder, "test")
+    record, _ = finetune.detector_checkpointing(model, config, encoder)
     torch.save(record(), tmp_path / "adapter.pth")
     saved = safe_load(tmp_path / "adapter.pth")
     assert saved["format"] == ADAPTER_FORMAT and set(saved["model"]) == set(trained_state(model))
