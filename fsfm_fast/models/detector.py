@@ -14,7 +14,6 @@ mean/std, and the evaluation resize (``DetectorConfig``).
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed, trunc_normal_
@@ -30,6 +30,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, safe_load
+from fsfm_fast.models import timm_models  # noqa: F401  (registers the FSFM names with timm)
 from fsfm_fast.models.configs import get_config
 
 DETECTOR_FORMAT = "fsfm_fast.detector/1"
@@ -41,7 +42,8 @@ HEAD_INIT_STD = 2e-5
 
 def create_detector(name: str, num_classes: int = 2, img_size: int = 224, global_pool: str = "avg",
                     drop_path_rate: float = 0.1) -> VisionTransformer:
-    """A timm ViT of the FSFM size ``name`` with a fresh head (weights ~ N(0, 2e-5), bias 0)."""
+    """A timm ViT of the FSFM size ``name`` with a fresh head (weights ~ N(0, 2e-5), bias 0): the timm model
+    ``name`` registered by ``timm_models``, so ``timm.create_model`` builds the same network."""
     config = get_config(name)
     if global_pool not in POOLINGS:
         raise ValueError(f"global_pool must be one of {list(POOLINGS)}, got {global_pool!r}")
@@ -49,12 +51,8 @@ def create_detector(name: str, num_classes: int = 2, img_size: int = 224, global
         raise ValueError(f"img_size must be a positive multiple of the patch size {config.patch_size}, got {img_size}")
     if int(num_classes) != num_classes or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
-    model = VisionTransformer(
-        img_size=int(img_size), patch_size=config.patch_size, num_classes=int(num_classes),
-        global_pool=POOLINGS[global_pool], embed_dim=config.embed_dim, depth=config.depth,
-        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=True,
-        norm_layer=functools.partial(nn.LayerNorm, eps=1e-6), drop_path_rate=drop_path_rate,
-    )
+    model = timm.create_model(name, num_classes=int(num_classes), img_size=int(img_size),
+                              global_pool=POOLINGS[global_pool], drop_path_rate=drop_path_rate)
     with torch.no_grad():
         trunc_normal_(model.head.weight, std=HEAD_INIT_STD)
         nn.init.zeros_(model.head.bias)
@@ -149,6 +147,39 @@ def _resampled_pos_embed(src: torch.Tensor, model: VisionTransformer) -> tuple[t
     return out.to(dst.dtype), (side, side)
 
 
+def fit_weights(model: VisionTransformer, state: Mapping[str, Any], keys: list[str]
+                ) -> tuple[dict[str, torch.Tensor], list[str], list[str], tuple[int, int] | None]:
+    """The tensors of ``state`` for the ``keys`` of ``model``, the position embedding resampled to the
+    model's patch grid: (selected, keys absent from ``state``, keys of another type or shape, described,
+    the grid the position embedding was resampled from or None)."""
+    target = model.state_dict()
+    selected, absent, wrong, resampled = {}, [], [], None
+    for key in keys:
+        if key not in state:
+            absent.append(key)
+            continue
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            wrong.append(f"{key} ({type(value).__name__})")
+            continue
+        if key == "pos_embed" and value.shape != target[key].shape:
+            found = _resampled_pos_embed(value, model)
+            if found is not None:
+                value, resampled = found
+        if value.shape != target[key].shape:
+            wrong.append(f"{key} {list(value.shape)} (model {list(target[key].shape)})")
+            continue
+        selected[key] = value
+    return selected, absent, wrong, resampled
+
+
+def refuse_misfit(what: str, absent: list[str], wrong: list[str]) -> None:
+    """A CheckpointError ``what``, listing the absent and misshapen keys, when there are any."""
+    if absent or wrong:
+        raise CheckpointError("; ".join([what] + ([f"missing encoder keys: {_preview(absent)}"] if absent else [])
+                                        + ([f"wrong shapes: {_preview(wrong)}"] if wrong else [])))
+
+
 def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -> PretrainedEncoder:
     """Load the encoder weights of ``path`` into a ``create_detector`` model and say what was loaded.
 
@@ -168,32 +199,10 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -
     target = model.state_dict()
     expected_missing = head_keys(model)
     encoder_keys = [k for k in target if k not in expected_missing]
-    absent = [k for k in encoder_keys if k not in state]
-    selected, wrong, resampled = {}, [], None
-    for key in encoder_keys:
-        if key in absent:
-            continue
-        value = state[key]
-        if not isinstance(value, torch.Tensor):
-            wrong.append(f"{key} ({type(value).__name__})")
-            continue
-        if key == "pos_embed" and value.shape != target[key].shape:
-            found = _resampled_pos_embed(value, model)
-            if found is not None:
-                value, resampled = found
-        if value.shape != target[key].shape:
-            wrong.append(f"{key} {list(value.shape)} (model {list(target[key].shape)})")
-            continue
-        selected[key] = value
-    if absent or wrong:
-        name = getattr(model, "model_name", type(model).__name__)
-        parts = [f"{path} ({kind}) does not fit the encoder of {name}"
-                 + (f" (it was pretrained as {recorded})" if recorded else "")]
-        if absent:
-            parts.append(f"missing encoder keys: {_preview(absent)}")
-        if wrong:
-            parts.append(f"wrong shapes: {_preview(wrong)}")
-        raise CheckpointError("; ".join(parts))
+    selected, absent, wrong, resampled = fit_weights(model, state, encoder_keys)
+    name = getattr(model, "model_name", type(model).__name__)
+    refuse_misfit(f"{path} ({kind}) does not fit the encoder of {name}"
+                  + (f" (it was pretrained as {recorded})" if recorded else ""), absent, wrong)
     result = model.load_state_dict(selected, strict=False)
     if sorted(result.missing_keys) != sorted(expected_missing) or result.unexpected_keys:
         raise CheckpointError(f"{path}: after loading, the keys left missing are {result.missing_keys} and "
@@ -265,6 +274,12 @@ def load_detector(path: str | os.PathLike, map_location: str | torch.device = "c
                   ) -> tuple[VisionTransformer, DetectorConfig, dict]:
     """(model with its trained weights, its config, the whole checkpoint) from a detector checkpoint."""
     ckpt = safe_load(path, map_location=map_location)
+    model, config = detector_from_checkpoint(ckpt, path)
+    return model, config, ckpt
+
+
+def detector_from_checkpoint(ckpt: dict, path: str | os.PathLike) -> tuple[VisionTransformer, DetectorConfig]:
+    """The detector and its config from an already loaded detector checkpoint (``path`` names it in errors)."""
     if ckpt.get("format") != DETECTOR_FORMAT or "detector" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a fsfm_fast detector checkpoint (format {ckpt.get('format')!r}); "
                               "make one with python -m fsfm_fast.finetune")
@@ -274,4 +289,4 @@ def load_detector(path: str | os.PathLike, map_location: str | torch.device = "c
         raise CheckpointError(f"{path}: its detector record is not usable ({exc})") from None
     model = config.build()
     load_state_dict_strict(model, ckpt["model"], path, "detector")
-    return model, config, ckpt
+    return model, config
