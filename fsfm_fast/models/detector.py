@@ -29,7 +29,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, safe_load
+from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, preview, safe_load
 from fsfm_fast.models import timm_models  # noqa: F401  (registers the FSFM names with timm)
 from fsfm_fast.models.configs import get_config
 
@@ -131,10 +131,6 @@ def _recorded_model(obj: dict) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _preview(keys: list[str], limit: int = 8) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def _resampled_pos_embed(src: torch.Tensor, model: VisionTransformer) -> tuple[torch.Tensor, tuple[int, int]] | None:
     """``src`` [1, 1+L, D] resampled to the model's patch grid (bicubic, cls slot kept), or None if it
     cannot be (another width, or not a square grid)."""
@@ -176,8 +172,8 @@ def fit_weights(model: VisionTransformer, state: Mapping[str, Any], keys: list[s
 def refuse_misfit(what: str, absent: list[str], wrong: list[str]) -> None:
     """A CheckpointError ``what``, listing the absent and misshapen keys, when there are any."""
     if absent or wrong:
-        raise CheckpointError("; ".join([what] + ([f"missing encoder keys: {_preview(absent)}"] if absent else [])
-                                        + ([f"wrong shapes: {_preview(wrong)}"] if wrong else [])))
+        raise CheckpointError("; ".join([what] + ([f"missing encoder keys: {preview(absent)}"] if absent else [])
+                                        + ([f"wrong shapes: {preview(wrong)}"] if wrong else [])))
 
 
 def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -> PretrainedEncoder:
