@@ -30,7 +30,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, preview, safe_load
-from fsfm_fast.models import timm_models  # noqa: F401  (registers the FSFM names with timm)
+from fsfm_fast.models import timm_models  # registers the FSFM names with timm
 from fsfm_fast.models.configs import get_config
 
 DETECTOR_FORMAT = "fsfm_fast.detector/1"
@@ -186,7 +186,7 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -
     ``norm`` under avg pooling; a source head) are ignored. Every encoder key must be there with its
     shape, so the keys left missing are exactly the head (and ``fc_norm``); anything else is a
     CheckpointError listing the keys. The mean/std come from ``pretrain_ds_mean_std.txt`` beside the
-    file, else from the checkpoint itself.
+    file, else from the checkpoint itself, else from the ``config.json`` of an export folder holding it.
     """
     path = Path(path)
     obj, state, kind = _read_weights(path)
@@ -220,6 +220,9 @@ def _find_mean_std(path: Path, obj: dict) -> tuple[tuple[list[float], list[float
         stats = obj.get(key)
         if isinstance(stats, Mapping) and "mean" in stats and "std" in stats:
             return ([float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]), f"{path} ({key})"
+    stats = (timm_models.read_timm_config(path.parent) or {}).get("pretrained_cfg")  # an export's model.safetensors
+    if isinstance(stats, Mapping) and "mean" in stats and "std" in stats:
+        return ([float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]), str(path.parent / "config.json")
     return None, None
 
 

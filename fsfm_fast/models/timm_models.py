@@ -16,8 +16,10 @@ reference release's ``checkpoint-400.pth`` or a timm state_dict. fsfm_fast reads
 loader (the release pickles an ``argparse.Namespace``, which timm's weights-only loader refuses) and the
 encoder rules of ``load_pretrained_encoder`` apply: decoders, projector and predictor are ignored, the
 position embedding is resampled to ``img_size``, and every encoder key must be there with its shape.
-The head and ``fc_norm`` load when the file has them in the model's shape and keep their fresh
-initialisation otherwise. The model's ``pretrained_cfg`` then carries the file's FSFM normalisation:
+Unless the call says otherwise, the file also sets the classes (its head's, none without one), the
+pooling (avg when it has ``fc_norm``) and the input size (its position grid), so a detector's file
+builds that detector, head included; a head of another shape keeps its fresh initialisation, as timm
+does. The model's ``pretrained_cfg`` then carries the file's FSFM normalisation and input size:
 the mean/std of ``pretrain_ds_mean_std.txt`` beside it, else the one the checkpoint records, else the
 one of an export's ``config.json`` beside it. An export folder loads whole with
 ``timm.create_model("local-dir:OUT", pretrained=True)``.
@@ -25,6 +27,7 @@ one of an export's ``config.json`` beside it. An export folder loads whole with
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,10 @@ def _cfg(name: str) -> dict[str, Any]:
 
 
 default_cfgs = {name: _cfg(name) for name in MODEL_CONFIGS}
+# timm's own ViT of each width: an export names it with the FSFM size in model_args, so plain timm loads it
+TIMM_ARCHITECTURES = {"fsfm_vit_tiny_patch16": "vit_tiny_patch16_224", "fsfm_vit_small_patch16": "vit_small_patch16_224",
+                      "fsfm_vit_base_patch16": "vit_base_patch16_224", "fsfm_vit_large_patch16": "vit_large_patch16_224",
+                      "fsfm_vit_huge_patch14": "vit_huge_patch14_224"}
 
 
 def architecture_args(name: str) -> dict[str, Any]:
@@ -67,7 +74,13 @@ def _create(name: str, pretrained: bool = False, **kwargs: Any) -> VisionTransfo
                                "(a checkpoint or model.safetensors), or load an export folder with "
                                "timm.create_model('local-dir:PATH', pretrained=True)")
         if overlay.get("file") and overlay.get("state_dict") is None:
-            overlay = {**read_pretrained_file(overlay["file"]), **overlay}
+            found = read_pretrained_file(overlay["file"])
+            overlay = {**found, **overlay}
+            kwargs.setdefault("global_pool", weights_pooling(found["state_dict"]))
+            grid = weights_grid(found["state_dict"])
+            size = kwargs.get("img_size") or (grid * get_config(name).patch_size if grid else None)
+            if isinstance(size, int):  # what this model will take; timm builds img_size from it by default
+                overlay.setdefault("input_size", (3, size, size))
     model = build_model_with_cfg(VisionTransformer, name, pretrained, pretrained_cfg_overlay=overlay,
                                  pretrained_filter_fn=fit_to_model, **{**architecture_args(name), **kwargs})
     model.pretrained_cfg.pop("state_dict", None)  # loaded; do not keep a second copy of the weights alive
@@ -80,17 +93,34 @@ def read_pretrained_file(path: str | Path) -> dict[str, Any]:
     from fsfm_fast.models.detector import _find_mean_std, _read_weights  # here: detector imports this module
     path = Path(path)
     obj, state, _ = _read_weights(path)
-    out: dict[str, Any] = {"state_dict": dict(state)}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    head = state.get("head.weight")
+    out: dict[str, Any] = {"state_dict": state, "num_classes": int(head.shape[0]) if hasattr(head, "shape") else 0}
     mean_std, _ = _find_mean_std(path, obj)
-    if mean_std is None and (path.parent / "config.json").is_file():
-        try:
-            cfg = json.loads((path.parent / "config.json").read_text(encoding="utf-8")).get("pretrained_cfg", {})
-            mean_std = (cfg["mean"], cfg["std"])
-        except (OSError, ValueError, KeyError, AttributeError):
-            mean_std = None
     if mean_std is not None:
         out["mean"], out["std"] = tuple(mean_std[0]), tuple(mean_std[1])
     return out
+
+
+def weights_pooling(state: dict[str, Any]) -> str:
+    """The pooling a set of weights was trained with: ``fc_norm`` exists only under avg pooling."""
+    return "avg" if "fc_norm.weight" in state else "token"
+
+
+def weights_grid(state: dict[str, Any]) -> int | None:
+    """The side of the square patch grid of the weights' position embedding (cls slot first), or None."""
+    pos = state.get("pos_embed")
+    side = math.isqrt(pos.shape[1] - 1) if getattr(pos, "ndim", 0) == 3 and pos.shape[1] > 1 else 0
+    return side if side and side * side == pos.shape[1] - 1 else None
+
+
+def read_timm_config(folder: str | Path) -> dict | None:
+    """The ``config.json`` of a timm / Hugging Face model folder (an export), or None when there is none."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def fit_to_model(state: dict[str, Any], model: VisionTransformer) -> dict[str, Any]:
@@ -121,5 +151,6 @@ def _entrypoint(name: str):
 for _name in MODEL_CONFIGS:
     globals()[_name] = register_model(_entrypoint(_name))
 
-__all__ = [*MODEL_CONFIGS, "architecture_args", "default_cfgs", "fit_to_model", "read_pretrained_file"]
+__all__ = [*MODEL_CONFIGS, "TIMM_ARCHITECTURES", "architecture_args", "default_cfgs", "fit_to_model",
+           "read_pretrained_file", "read_timm_config"]
 del _name
