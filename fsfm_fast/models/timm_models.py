@@ -66,30 +66,33 @@ def architecture_args(name: str) -> dict[str, Any]:
 
 def _create(name: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    if pretrained:
+    file = overlay.get("file") if pretrained and overlay.get("state_dict") is None else None
+    state = None
+    if pretrained and not file:
         cfg = kwargs.get("pretrained_cfg")
-        named = any(overlay.get(k) is not None for k in ("file", "state_dict", "url"))
-        if not named and not (isinstance(cfg, dict) and (cfg.get("file") or cfg.get("state_dict"))):
+        if overlay.get("state_dict") is None and not (isinstance(cfg, dict) and (cfg.get("file") or cfg.get("state_dict"))):
             raise RuntimeError(f"fsfm_fast bundles no weights for {name}: pass pretrained_cfg_overlay=dict(file=PATH) "
                                "(a checkpoint or model.safetensors), or load an export folder with "
                                "timm.create_model('local-dir:PATH', pretrained=True)")
-        if overlay.get("file") and overlay.get("state_dict") is None:
-            found = read_pretrained_file(overlay["file"])
-            overlay = {**found, **overlay}
-            kwargs.setdefault("global_pool", weights_pooling(found["state_dict"]))
-            grid = weights_grid(found["state_dict"])
-            size = kwargs.get("img_size") or (grid * get_config(name).patch_size if grid else None)
-            if isinstance(size, int):  # what this model will take; timm builds img_size from it by default
-                overlay.setdefault("input_size", (3, size, size))
-    model = build_model_with_cfg(VisionTransformer, name, pretrained, pretrained_cfg_overlay=overlay,
+    if file:  # read here, safely, whatever the format; the weights' own defaults come before timm's
+        found = read_pretrained_file(file)
+        state = found.pop("state_dict")
+        overlay = {**found, **overlay}
+        kwargs.setdefault("global_pool", weights_pooling(state))
+        grid = weights_grid(state)
+        size = kwargs.get("img_size") or (grid * get_config(name).patch_size if grid else None)
+        if isinstance(size, int):  # what this model will take; timm builds img_size from it by default
+            overlay.setdefault("input_size", (3, size, size))
+    model = build_model_with_cfg(VisionTransformer, name, pretrained and state is None, pretrained_cfg_overlay=overlay,
                                  pretrained_filter_fn=fit_to_model, **{**architecture_args(name), **kwargs})
-    model.pretrained_cfg.pop("state_dict", None)  # loaded; do not keep a second copy of the weights alive
+    if state is not None:
+        model.load_state_dict(fit_to_model(state, model), strict=True)
     return model
 
 
 def read_pretrained_file(path: str | Path) -> dict[str, Any]:
-    """``{"state_dict": ..., "mean": ..., "std": ...}`` of a weights file, for timm's pretrained cfg overlay
-    (mean/std only when the file comes with them)."""
+    """``{"state_dict": ..., "num_classes": ..., "mean": ..., "std": ...}`` of a weights file: its
+    weights and the pretrained cfg entries they imply (mean/std only when the file comes with them)."""
     from fsfm_fast.models.detector import _find_mean_std, _read_weights  # here: detector imports this module
     path = Path(path)
     obj, state, _ = _read_weights(path)
