@@ -29,6 +29,7 @@ pretrained=True)`` must give the logits (or features) of the exported model on a
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -53,6 +54,7 @@ from .models.timm_models import (EVAL_CROP_PCT, TIMM_ARCHITECTURES, architecture
 EXPORT_FORMAT = "fsfm_fast.export/1"
 WEIGHTS, CONFIG, ONNX = "model.safetensors", "config.json", "model.onnx"
 ONNX_OPSET = 18
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the exporter writes with onnxscript; the check runs onnxruntime
 ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-4
 ROUND_TRIP_ATOL = 1e-5
 LABELS = ("real", "fake")
@@ -75,10 +77,22 @@ class Exportable:
     labels: tuple[str, ...] | None = None
     threshold: float | None = None
     notes: dict = field(default_factory=dict)
+    # What config.json names to rebuild the model. None: timm's own ViT of ``name``'s width, with the FSFM
+    # size, input size, pooling and classes of the model as it is now. A model that is not a plain ViT
+    # (an FS-Adapter detector) names its own registered timm architecture and arguments here.
+    architecture: str | None = None
+    model_args: dict | None = None
 
     @property
     def img_size(self) -> int:
         return int(self.model.patch_embed.img_size[0])
+
+    def timm_config(self) -> tuple[str, dict]:
+        if self.architecture is not None:
+            return self.architecture, dict(self.model_args or {})
+        return TIMM_ARCHITECTURES[self.name], {**architecture_args(self.name), "img_size": self.img_size,
+                                               "num_classes": self.model.num_classes,
+                                               "global_pool": self.model.global_pool}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,11 +262,10 @@ def write_export(item: Exportable, folder: Path, source: Path) -> dict:
     record = {"format": EXPORT_FORMAT, "model": item.name, "source": str(source), "source_kind": item.kind,
               "mean_std_source": item.mean_std_source, "threshold": item.threshold,
               **{k: v for k, v in item.notes.items() if v is not None}}
-    model_config = {"architecture": TIMM_ARCHITECTURES[item.name], "fsfm_fast": record}
+    architecture, args = item.timm_config()
+    model_config = {"architecture": architecture, "fsfm_fast": record}
     if item.labels:
         model_config["label_names"] = list(item.labels)
-    args = {**architecture_args(item.name), "img_size": item.img_size, "num_classes": item.model.num_classes,
-            "global_pool": item.model.global_pool}
     save_config_for_hf(item.model, str(folder / CONFIG), model_config=model_config, model_args=args)
     return record
 
@@ -275,10 +288,7 @@ def check_round_trip(item: Exportable, folder: Path) -> float:
 
 def write_onnx(item: Exportable, folder: Path, opset: int = ONNX_OPSET) -> dict:
     """model.onnx (dynamic batch) and its check against PyTorch through onnxruntime at batch 1 and 3."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise cli.UsageError("--onnx needs onnx, onnxscript and onnxruntime: pip install 'fsfm_fast[export]'") from None
+    import onnxruntime as ort
     output = "logits" if item.model.num_classes else "features"
     params = sum(p.numel() * p.element_size() for p in item.model.parameters())
     torch.onnx.export(item.model, (check_batch(item, 2),), str(folder / ONNX), input_names=["input"],
@@ -364,6 +374,9 @@ def demo_checkpoint() -> Path:
 
 def prepare(args) -> Exportable:
     """The checked model of ``args.checkpoint`` with the flags' changes, before anything is written."""
+    missing = [m for m in ONNX_PACKAGES if importlib.util.find_spec(m) is None] if args.onnx else []
+    if missing:
+        raise cli.UsageError(f"--onnx needs {', '.join(missing)}: pip install 'fsfm_fast[export]'")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise cli.UsageError(f"--threshold is a probability in [0, 1], got {args.threshold}")
     if args.mean_std and args.normalize_from_IMN:

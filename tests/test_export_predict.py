@@ -4,6 +4,7 @@ ViT at 32 px so that the whole file runs in seconds."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -69,9 +70,10 @@ def detector(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(detector, tmp_path_factory):
-    """The detector exported with ONNX (one export shared by the timm, ONNX and predict tests)."""
+    """The detector exported (with ONNX when the [export] extra is there), shared by the timm, ONNX and predict tests."""
     out = tmp_path_factory.mktemp("export") / "fsfm_detector"
-    assert _cli(export.main, "--checkpoint", detector[0], "--output_dir", out, "--onnx", "--threshold", 0.4) == 0
+    onnx = ["--onnx"] if all(importlib.util.find_spec(m) for m in export.ONNX_PACKAGES) else []
+    assert _cli(export.main, "--checkpoint", detector[0], "--output_dir", out, "--threshold", 0.4, *onnx) == 0
     return out
 
 
@@ -149,6 +151,8 @@ def test_importing_fsfm_fast_before_timm_registers_the_models_when_timm_arrives(
 
 
 def test_onnx_matches_pytorch_at_batch_1_and_3(detector, exported):
+    for module in export.ONNX_PACKAGES:
+        pytest.importorskip(module)
     ort = pytest.importorskip("onnxruntime")
     _, model = detector
     session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
