@@ -391,6 +391,9 @@ def prepare(args) -> Exportable:
     if not item.mean:
         raise cli.UsageError(f"{path}: no pretrain_ds_mean_std.txt beside it and no mean/std recorded in it, so the "
                              "export could not say how to normalise inputs: give --mean_std FILE or --normalize_from_IMN")
+    if args.encoder_only and item.model.num_classes:
+        item.model.reset_classifier(0)  # the pooling, and fc_norm under avg pooling, stay: features = what the head read
+        item.kind += " (head removed)"
     if args.labels:
         item.labels = tuple(name.strip() for name in args.labels.split(","))
         if len(item.labels) != item.model.num_classes:
@@ -399,9 +402,6 @@ def prepare(args) -> Exportable:
         raise cli.UsageError(f"{path} does not say which class is which: give --labels in class-index order "
                              "(fsfm_fast detectors: real,fake; the reference's fine-tuning sorted its folders "
                              "alphabetically, which makes it fake,real)")
-    if args.encoder_only and item.model.num_classes:
-        item.model.reset_classifier(0)  # the pooling, and fc_norm under avg pooling, stay: features = what the head read
-        item.kind += " (head removed)"
     if args.threshold is not None:
         if not item.model.num_classes:
             raise cli.UsageError("--threshold needs a detector; this export has no head")

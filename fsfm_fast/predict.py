@@ -77,6 +77,8 @@ class Scorer:
 def load_scorer(spec: str) -> Scorer:
     """The detector of an export folder or of a detector checkpoint; one-line errors otherwise."""
     path = Path(spec)
+    if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
+        path = path.parent  # an export's weights file: the export
     if path.is_dir():
         config = read_timm_config(path)
         if config is None:
@@ -183,6 +185,9 @@ class FaceCrops(Dataset):
         except OSError as exc:
             found.error = f"unreadable ({cli.describe_os_error(exc, item.path)})"
             return found
+        except Exception as exc:  # noqa: BLE001  (one strange file must not stop the run)
+            found.error = f"failed ({type(exc).__name__}: {exc})"
+            return found
         found.frames = len(frames)
         missing, failed = 0, []
         for frame, image in frames:
@@ -201,10 +206,10 @@ class FaceCrops(Dataset):
             found.notes.append(f"{len(failed)} frames failed ({failed[0]})")
         if missing and found.faces:
             found.notes.append(f"{missing} of {len(frames)} frames without a face")
-        if not found.faces:
-            found.error = ("no face found" if item.kind == IMAGE or len(frames) == 1 and frames[0][0] is None
-                           else f"no face in any of its {len(frames)} sampled frames") if not failed else \
-                f"no frame could be scored ({failed[0]})"
+        if failed and not found.faces:
+            found.error = f"no frame could be scored ({failed[0]})"
+        elif not found.faces:
+            found.error = "no face found" if frames[0][0] is None else f"no face in any of its {len(frames)} sampled frames"
         return found
 
 

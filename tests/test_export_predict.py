@@ -192,8 +192,22 @@ def test_export_refuses_mismatched_keys_by_name(detector, reference_ckpt, tmp_pa
                 "--normalize_from_IMN") == 2
     assert "--labels" in capsys.readouterr().err
     assert _cli(export.main, "--checkpoint", tmp_path / "bare.pth", "--output_dir", tmp_path / "bare",
-                "--normalize_from_IMN", "--labels", "real,fake", "--encoder_only") == 0
-    assert json.loads((tmp_path / "bare" / "config.json").read_text())["num_classes"] == 0
+                "--normalize_from_IMN", "--labels", "real,fake") == 0
+    config = json.loads((tmp_path / "bare" / "config.json").read_text())
+    assert config["label_names"] == ["real", "fake"] and config["pretrained_cfg"]["std"] == [0.229, 0.224, 0.225]
+
+
+def test_encoder_only_export_gives_the_feature_the_head_reads(detector, tmp_path):
+    path, model = detector
+    assert _cli(export.main, "--checkpoint", path, "--output_dir", tmp_path / "features", "--encoder_only") == 0
+    config = json.loads((tmp_path / "features" / "config.json").read_text())
+    assert config["num_classes"] == 0 and "label_names" not in config and config["global_pool"] == "avg"
+    features = timm.create_model(f"local-dir:{tmp_path / 'features'}", pretrained=True).eval()
+    x = _x(2, seed=3)
+    with torch.no_grad():
+        pooled = features(x)
+        torch.testing.assert_close(pooled, model.forward_head(model.forward_features(x), pre_logits=True), rtol=0, atol=0)
+        torch.testing.assert_close(model.head(pooled), model(x), rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
