@@ -5,7 +5,8 @@
 
 Inputs: a detector of ``fsfm_fast.finetune``; one of our pretraining checkpoints (``--encoder online``,
 the default, or ``target``); the reference release (``checkpoint-400.pth`` holds the online network,
-``checkpoint-te-400.pth`` the target); or a timm-style state_dict / ``.safetensors`` of an FSFM ViT.
+``checkpoint-te-400.pth`` the target); or a timm-style state_dict / ``.safetensors`` of an FSFM ViT
+(an export folder too: its config.json's labels, resize and threshold carry over, e.g. to add ONNX).
 A pretraining checkpoint exports its encoder, which is all that is kept after pretraining (SPEC section 7).
 The checkpoint must hold exactly the keys of its network: anything missing, extra or misshapen is refused,
 by name, before anything is written.
@@ -211,9 +212,14 @@ def from_state_dict(obj: dict, state: Mapping, path: Path, model_name: str | Non
     model = _timm_model(name, state, path, f"a timm {name} ({pool} pooling, {num_classes} classes)",
                         img_size=grid_img_size(state, name, path), num_classes=num_classes, global_pool=pool)
     mean_std, source = _find_mean_std(path, obj)
-    labels = (read_timm_config(path.parent) or {}).get("label_names")  # an export's own weights file
-    return Exportable(model, name, "timm-style state_dict", *_mean_std_or_none(mean_std), source or "",
-                      labels=tuple(labels) if isinstance(labels, list) and len(labels) == num_classes else None)
+    item = Exportable(model, name, "timm-style state_dict", *_mean_std_or_none(mean_std), source or "")
+    config = read_timm_config(path.parent) or {}  # an export's own weights: what its config.json says carries over
+    labels, data = config.get("label_names"), config.get("pretrained_cfg") or {}
+    if isinstance(labels, list) and len(labels) == num_classes:
+        item.labels = tuple(labels)
+    item.crop_pct, item.crop_mode = data.get("crop_pct", item.crop_pct), data.get("crop_mode", item.crop_mode)
+    item.threshold = (config.get("fsfm_fast") or {}).get("threshold") if num_classes else None
+    return item
 
 
 def _mean_std_or_none(mean_std) -> tuple:
@@ -434,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is None:
         args.checkpoint = str(demo_checkpoint())
         args.output_dir = args.output_dir or DEMO_EXPORT_DIR
+    elif Path(args.checkpoint).is_dir() and (Path(args.checkpoint) / WEIGHTS).is_file():
+        args.checkpoint = str(Path(args.checkpoint) / WEIGHTS)  # an export folder: export it again (say, with --onnx)
     elif not Path(args.checkpoint).is_file():
-        raise cli.UsageError(f"--checkpoint {args.checkpoint} does not exist")
+        raise cli.UsageError(f"--checkpoint {args.checkpoint} is not a file")
     out_dir = cli.ensure_writable_dir(Path(args.output_dir or Path(args.checkpoint).parent / "export"))
     item = prepare(args)
     record = export(item, out_dir, Path(args.checkpoint), onnx=args.onnx)
