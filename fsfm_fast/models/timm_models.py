@@ -81,8 +81,8 @@ def _create(name: str, pretrained: bool = False, **kwargs: Any) -> VisionTransfo
         kwargs.setdefault("global_pool", weights_pooling(state))
         grid = weights_grid(state)
         size = kwargs.get("img_size") or (grid * get_config(name).patch_size if grid else None)
-        if isinstance(size, int):  # what this model will take; timm builds img_size from it by default
-            overlay.setdefault("input_size", (3, size, size))
+        if size is not None:  # what this model will take; timm builds img_size from it by default
+            overlay.setdefault("input_size", (3, *((size, size) if isinstance(size, int) else size)))
     model = build_model_with_cfg(VisionTransformer, name, pretrained and state is None, pretrained_cfg_overlay=overlay,
                                  pretrained_filter_fn=fit_to_model, **{**architecture_args(name), **kwargs})
     if state is not None:
