@@ -181,8 +181,11 @@ setup(
     # DALI is optional (Linux only, one wheel per CUDA major): without it the torch loaders serve.
     # prepare: video decoding (FFmpeg inside the PyAV wheel), dlib's HOG detector and 68-point landmark
     # model, OpenCV (GrabCut, polygons; <5 keeps the Haar cascades). All prebuilt wheels or data only.
+    # export: ONNX files (torch.onnx's torch.export-based exporter writes them with onnxscript) and their
+    # check with onnxruntime on the CPU.
     extras_require={"test": ["pytest"], "dali": ["nvidia-dali-cuda130"],
-                    "prepare": ["av", "dlib-bin", "face-recognition-models", "opencv-python-headless<5"]},
+                    "prepare": ["av", "dlib-bin", "face-recognition-models", "opencv-python-headless<5"],
+                    "export": ["onnx", "onnxscript", "onnxruntime"]},
     ext_modules=[make_extension(VERSION)],
     cmdclass={"build_ext": BuildExtension},
     zip_safe=False,

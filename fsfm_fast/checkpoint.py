@@ -10,7 +10,7 @@ import tempfile
 import time
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,26 @@ def check_same_run(ckpt: dict, path: str | os.PathLike, args: argparse.Namespace
         was = ", ".join(f"{k}={saved[k]!r}" for k in differ)
         now = ", ".join(f"{k}={getattr(args, k, None)!r}" for k in differ)
         raise CheckpointError(f"checkpoint {path} was saved with {was}; this run asks for {now}")
+
+
+def preview(items: list[str], limit: int = 8) -> str:
+    """The first ``limit`` items, comma-separated, and how many there are in all when that is more."""
+    shown = ", ".join(items[:limit])
+    return f"{shown}, ... ({len(items)} in all)" if len(items) > limit else shown
+
+
+def state_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> list[str]:
+    """What keeps ``state`` from loading strictly into a module whose state_dict is ``expected``:
+    ``["missing keys: ...", "unexpected keys: ...", "wrong shapes: ..."]``, only the parts that apply;
+    empty when it fits."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} "
+             f"(model {list(expected[k].shape)})"
+             for k, v in state.items()
+             if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)]
+    return [f"{what}: {preview(keys)}" for what, keys in
+            (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if keys]
 
 
 def load_state_dict_strict(module: torch.nn.Module, state: dict, path: str | os.PathLike, what: str) -> None:

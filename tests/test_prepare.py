@@ -100,6 +100,20 @@ def test_sample_frames_returns_the_indexed_frames(counting_video, seek_gap):
         assert abs(float(image.mean()) - 6 * index) < 3, index
 
 
+@pytest.mark.parametrize("seek_gap", [0, 1000])
+def test_a_corrupt_stretch_costs_only_its_frames(counting_video, tmp_path, seek_gap):
+    import av
+    with av.open(str(counting_video)) as container:
+        keyframes = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size and p.is_keyframe]
+    data = bytearray(counting_video.read_bytes())
+    pos, size = keyframes[1]  # the keyframe of frames 12..23
+    data[pos:pos + size] = bytes(b ^ 0x5A for b in data[pos:pos + size])
+    (tmp_path / "broken.mp4").write_bytes(bytes(data))
+    got = sample_frames(tmp_path / "broken.mp4", 5, seek_gap=seek_gap)
+    assert [i for i, _ in got] == [0, 9, 29, 39]  # frame 19 is lost; the decoder seeks past it to 29
+    assert all(abs(float(image.mean()) - 6 * index) < 3 for index, image in got)
+
+
 def test_sample_frames_of_a_short_video(tmp_path):
     path = write_video(tmp_path / "short.mp4", [np.full((32, 32, 3), 50 * i, np.uint8) for i in range(3)])
     got = sample_frames(path, 8)

@@ -80,25 +80,31 @@ def _composite(face: np.ndarray, labels: np.ndarray, background: np.ndarray, coe
 
 
 def moving_face_frames(seed: int, num_frames: int, width: int = 320, height: int = 240,
-                       face_scale: float = 1.0, face: tuple[np.ndarray, np.ndarray] | None = None
+                       face_scale: float = 1.0, face: tuple[np.ndarray, np.ndarray] | None = None,
+                       faces: list[tuple[np.ndarray, np.ndarray]] | None = None
                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Frames (RGB uint8 [height, width, 3]) and labels (uint8 [height, width]) of one moving face.
 
     ``face``: a rendered ``(image, labels)`` pair at 224 px to animate instead of the seed's own face
-    (the seed still draws the background and the motion). Faces are about ``face_scale`` x 100 to 135
-    px wide: dlib's HOG detector needs about 80 px.
+    (the seed still draws the background and the motion); ``faces``: one such pair per frame, for a
+    face that changes from frame to frame (each turned upright by its own labels). Faces are about
+    ``face_scale`` x 100 to 135 px wide: dlib's HOG detector needs about 80 px.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if width % 2 or height % 2:
         raise ValueError(f"width and height must be even (video encoders need it), got {width}x{height}")
+    if faces is not None and len(faces) != num_frames:
+        raise ValueError(f"faces must hold one (image, labels) pair per frame: {len(faces)} for {num_frames} frames")
     rng = np.random.default_rng([seed, 1])
-    image, labels = face if face is not None else render_face(np.random.default_rng([seed, 0]), FACE_RENDER_SIZE)
+    if faces is None:
+        faces = [face if face is not None else render_face(np.random.default_rng([seed, 0]), FACE_RENDER_SIZE)]
     background = _background(rng, width, height)
-    roll = _upright_angle(labels)
+    rolls = [_upright_angle(labels) for _, labels in faces]
     frames, maps = [], []
-    for cx, cy, scale, sway in zip(*_motion(rng, num_frames, width, height, face_scale)):
-        coeffs = _affine(roll + sway, scale, (cx, cy), FACE_RENDER_SIZE / 2)
+    for t, (cx, cy, scale, sway) in enumerate(zip(*_motion(rng, num_frames, width, height, face_scale))):
+        image, labels = faces[t % len(faces)]
+        coeffs = _affine(rolls[t % len(rolls)] + sway, scale, (cx, cy), FACE_RENDER_SIZE / 2)
         frame, frame_labels = _composite(image, labels, background, coeffs)
         frames.append(frame)
         maps.append(frame_labels)
@@ -137,3 +143,29 @@ def write_synthetic_videos(root, num_videos: int = 3, num_fakes: int = 0, num_fr
         frames, _ = moving_face_frames(target_seed, num_frames, width, height, face=swapped)
         paths.append(write_video(root / "fake" / f"synth_swap_{k:03d}.mp4", frames, fps))
     return paths
+
+
+def write_forgery_videos(root, people: int = 1, num_frames: int = 8, composite: bool = True, size: int = FACE_RENDER_SIZE,
+                         width: int = 320, height: int = 240, fps: int = 8, seed: int = 0,
+                         first_person: int = 3_000_000) -> list[tuple[Path, str]]:
+    """For each of ``people`` synthetic people of the forgery generator (``forgery.py``; numbered from
+    ``first_person``, apart from the fine-tuning benchmark's), a real video and one video of each
+    manipulation: ``<root>/<kind>/<kind>_<k>.mp4``; the fakes are made frame by frame from the real
+    frames. ``composite``: the generator's 224 px frames become a moving face on a cluttered background
+    (``width`` x ``height``), as a camera would film a person; otherwise the video is the generator's
+    frames themselves, drawn at ``size`` px. Returns ``(path, kind)`` pairs, kind "real" or a manipulation."""
+    from ..prepare.video import write_video
+    from .forgery import VIDEO_KINDS, make_video, real_video
+
+    root = Path(root)
+    written = []
+    for k in range(people):
+        person = first_person + k
+        if composite:  # the fakes have the real frames' geometry: the real frames' labels cut them out
+            labels = [f.parsing for f in real_video(seed, person, num_frames, FACE_RENDER_SIZE)]
+        for kind in VIDEO_KINDS:
+            frames = make_video(kind, seed, person, num_frames, FACE_RENDER_SIZE if composite else size)
+            if composite:
+                frames, _ = moving_face_frames(seed * 1000 + k, num_frames, width, height, faces=list(zip(frames, labels)))
+            written.append((write_video(root / kind / f"{kind}_{k}.mp4", frames, fps), kind))
+    return written

@@ -17,7 +17,6 @@ its frozen encoder file; ``load_detector`` reads both kinds.
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -26,15 +25,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, safe_load
+from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, preview, safe_load
+from fsfm_fast.models import timm_models  # registers the FSFM names with timm
 from fsfm_fast.models.configs import get_config
-from fsfm_fast.models.heads import HEADS, FSAdapterHead, make_head
+from fsfm_fast.models.heads import HEADS, build_head
 
 DETECTOR_FORMAT = "fsfm_fast.detector/1"
 ADAPTER_FORMAT = "fsfm_fast.adapter/1"  # trained parts only, the encoder by reference (models.adapter)
@@ -47,9 +48,10 @@ ADAPTERS = ("", "fs")  # "": the whole detector is one model; "fs": FS-Adapter o
 def create_detector(name: str, num_classes: int = 2, img_size: int = 224, global_pool: str = "avg",
                     drop_path_rate: float = 0.1, head: str = "linear", adapter: str = "",
                     adapter_reduction: int = 4) -> VisionTransformer:
-    """A timm ViT of the FSFM size ``name`` with a fresh head: ``head`` "linear" (weights ~ N(0, 2e-5),
-    bias 0) or "fas" (the reference's anti-spoofing head), behind the FS-Adapter when ``adapter="fs"``
-    (``models.heads``)."""
+    """A timm ViT of the FSFM size ``name`` (the timm model ``name`` registered by ``timm_models``, so
+    ``timm.create_model`` builds the same network) with a fresh head: ``head`` "linear" (weights
+    ~ N(0, 2e-5), bias 0) or "fas" (the reference's anti-spoofing head), behind the FS-Adapter when
+    ``adapter="fs"`` (``models.heads``)."""
     config = get_config(name)
     if global_pool not in POOLINGS:
         raise ValueError(f"global_pool must be one of {list(POOLINGS)}, got {global_pool!r}")
@@ -59,16 +61,9 @@ def create_detector(name: str, num_classes: int = 2, img_size: int = 224, global
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
     if adapter not in ADAPTERS:
         raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
-    model = VisionTransformer(
-        img_size=int(img_size), patch_size=config.patch_size, num_classes=int(num_classes),
-        global_pool=POOLINGS[global_pool], embed_dim=config.embed_dim, depth=config.depth,
-        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=True,
-        norm_layer=functools.partial(nn.LayerNorm, eps=1e-6), drop_path_rate=drop_path_rate,
-    )
-    if adapter:
-        model.head = FSAdapterHead(config.embed_dim, int(num_classes), head, adapter_reduction)
-    else:
-        model.head = make_head(head, config.embed_dim, int(num_classes))
+    model = timm.create_model(name, num_classes=int(num_classes), img_size=int(img_size),
+                              global_pool=POOLINGS[global_pool], drop_path_rate=drop_path_rate)
+    model.head = build_head(config.embed_dim, int(num_classes), head, adapter, adapter_reduction)
     model.model_name = name
     return model
 
@@ -144,10 +139,6 @@ def _recorded_model(obj: dict) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _preview(keys: list[str], limit: int = 8) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def _resampled_pos_embed(src: torch.Tensor, model: VisionTransformer) -> tuple[torch.Tensor, tuple[int, int]] | None:
     """``src`` [1, 1+L, D] resampled to the model's patch grid (bicubic, cls slot kept), or None if it
     cannot be (another width, or not a square grid)."""
@@ -160,29 +151,16 @@ def _resampled_pos_embed(src: torch.Tensor, model: VisionTransformer) -> tuple[t
     return out.to(dst.dtype), (side, side)
 
 
-def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -> PretrainedEncoder:
-    """Load the encoder weights of ``path`` into a ``create_detector`` model and say what was loaded.
-
-    ``path``: one of our pretraining checkpoints, a reference release (``checkpoint-400.pth``, key
-    ``model``; read with the safe loader), one of our detector checkpoints, a timm-style state_dict
-    (``.pth``) or a ``.safetensors`` file. The position embedding is resampled when the input size
-    differs. Keys that are not the detector's encoder (decoders, projector, predictor, mask token; the
-    ``norm`` under avg pooling; a source head) are ignored. Every encoder key must be there with its
-    shape, so the keys left missing are exactly the head (and ``fc_norm``); anything else is a
-    CheckpointError listing the keys. The mean/std come from ``pretrain_ds_mean_std.txt`` beside the
-    file, else from the checkpoint itself.
-    """
-    path = Path(path)
-    obj, state, kind = _read_weights(path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    recorded = _recorded_model(obj)
+def fit_weights(model: VisionTransformer, state: Mapping[str, Any], keys: list[str]
+                ) -> tuple[dict[str, torch.Tensor], list[str], list[str], tuple[int, int] | None]:
+    """The tensors of ``state`` for the ``keys`` of ``model``, the position embedding resampled to the
+    model's patch grid: (selected, keys absent from ``state``, keys of another type or shape, described,
+    the grid the position embedding was resampled from or None)."""
     target = model.state_dict()
-    expected_missing = head_keys(model)
-    encoder_keys = [k for k in target if k not in expected_missing]
-    absent = [k for k in encoder_keys if k not in state]
-    selected, wrong, resampled = {}, [], None
-    for key in encoder_keys:
-        if key in absent:
+    selected, absent, wrong, resampled = {}, [], [], None
+    for key in keys:
+        if key not in state:
+            absent.append(key)
             continue
         value = state[key]
         if not isinstance(value, torch.Tensor):
@@ -196,15 +174,39 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -
             wrong.append(f"{key} {list(value.shape)} (model {list(target[key].shape)})")
             continue
         selected[key] = value
+    return selected, absent, wrong, resampled
+
+
+def refuse_misfit(what: str, absent: list[str], wrong: list[str]) -> None:
+    """A CheckpointError ``what``, listing the absent and misshapen keys, when there are any."""
     if absent or wrong:
-        name = getattr(model, "model_name", type(model).__name__)
-        parts = [f"{path} ({kind}) does not fit the encoder of {name}"
-                 + (f" (it was pretrained as {recorded})" if recorded else "")]
-        if absent:
-            parts.append(f"missing encoder keys: {_preview(absent)}")
-        if wrong:
-            parts.append(f"wrong shapes: {_preview(wrong)}")
-        raise CheckpointError("; ".join(parts))
+        raise CheckpointError("; ".join([what] + ([f"missing encoder keys: {preview(absent)}"] if absent else [])
+                                        + ([f"wrong shapes: {preview(wrong)}"] if wrong else [])))
+
+
+def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -> PretrainedEncoder:
+    """Load the encoder weights of ``path`` into a ``create_detector`` model and say what was loaded.
+
+    ``path``: one of our pretraining checkpoints, a reference release (``checkpoint-400.pth``, key
+    ``model``; read with the safe loader), one of our detector checkpoints, a timm-style state_dict
+    (``.pth``) or a ``.safetensors`` file. The position embedding is resampled when the input size
+    differs. Keys that are not the detector's encoder (decoders, projector, predictor, mask token; the
+    ``norm`` under avg pooling; a source head) are ignored. Every encoder key must be there with its
+    shape, so the keys left missing are exactly the head (and ``fc_norm``); anything else is a
+    CheckpointError listing the keys. The mean/std come from ``pretrain_ds_mean_std.txt`` beside the
+    file, else from the checkpoint itself, else from the ``config.json`` of an export folder holding it.
+    """
+    path = Path(path)
+    obj, state, kind = _read_weights(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    recorded = _recorded_model(obj)
+    target = model.state_dict()
+    expected_missing = head_keys(model)
+    encoder_keys = [k for k in target if k not in expected_missing]
+    selected, absent, wrong, resampled = fit_weights(model, state, encoder_keys)
+    name = getattr(model, "model_name", type(model).__name__)
+    refuse_misfit(f"{path} ({kind}) does not fit the encoder of {name}"
+                  + (f" (it was pretrained as {recorded})" if recorded else ""), absent, wrong)
     result = model.load_state_dict(selected, strict=False)
     if sorted(result.missing_keys) != sorted(expected_missing) or result.unexpected_keys:
         raise CheckpointError(f"{path}: after loading, the keys left missing are {result.missing_keys} and "
@@ -226,6 +228,9 @@ def _find_mean_std(path: Path, obj: dict) -> tuple[tuple[list[float], list[float
         stats = obj.get(key)
         if isinstance(stats, Mapping) and "mean" in stats and "std" in stats:
             return ([float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]), f"{path} ({key})"
+    stats = (timm_models.read_timm_config(path.parent) or {}).get("pretrained_cfg")  # an export's model.safetensors
+    if isinstance(stats, Mapping) and "mean" in stats and "std" in stats:
+        return ([float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]), str(path.parent / "config.json")
     return None, None
 
 
@@ -287,16 +292,24 @@ def load_detector(path: str | os.PathLike, map_location: str | torch.device = "c
     frozen encoder is read from the file it references (or from ``encoder``, when that file moved) and
     checked against the recorded checksum (``models.adapter.load_adapter_detector``)."""
     ckpt = safe_load(path, map_location=map_location)
+    model, config = detector_from_checkpoint(ckpt, path, encoder)
+    return model, config, ckpt
+
+
+def detector_from_checkpoint(ckpt: dict, path: str | os.PathLike, encoder: str | os.PathLike | None = None
+                             ) -> tuple[VisionTransformer, DetectorConfig]:
+    """The detector and its config from an already loaded detector checkpoint (``path`` names it in errors)."""
     if ckpt.get("format") == ADAPTER_FORMAT:
         from fsfm_fast.models.adapter import load_adapter_detector  # the adapter module builds on this one
-        return load_adapter_detector(path, ckpt, encoder)
+        model, config, _ = load_adapter_detector(path, ckpt, encoder)
+        return model, config
     if ckpt.get("format") != DETECTOR_FORMAT or "detector" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a fsfm_fast detector checkpoint (format {ckpt.get('format')!r}); "
                               "make one with python -m fsfm_fast.finetune")
     config = detector_config(ckpt, path)
     model = config.build()
     load_state_dict_strict(model, ckpt["model"], path, "detector")
-    return model, config, ckpt
+    return model, config
 
 
 def detector_config(ckpt: Mapping, path: str | os.PathLike) -> DetectorConfig:

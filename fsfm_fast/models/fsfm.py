@@ -14,7 +14,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from fsfm_fast import ops
-from fsfm_fast.checkpoint import safe_load
+from fsfm_fast.checkpoint import safe_load, state_mismatch
 from fsfm_fast.models.configs import ModelConfig, get_config
 from fsfm_fast.models.pos_embed import sincos_2d
 
@@ -305,11 +305,6 @@ def create_target(name: str, img_size: int = 224, **kwargs: Any) -> TargetNetwor
     return TargetNetwork(get_config(name), img_size, name=name, **kwargs)
 
 
-def _preview(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return f"{shown}, ... ({len(items)} in all)" if len(items) > limit else shown
-
-
 def load_reference_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     """Load a reference ``checkpoint-*.pth`` into ``model`` strictly; returns the whole checkpoint dict."""
     obj = safe_load(path)
@@ -318,24 +313,9 @@ def load_reference_weights(model: nn.Module, path: str | os.PathLike) -> dict[st
     state = obj["model"]
     if not isinstance(state, Mapping):
         raise TypeError(f"checkpoint {path}: 'model' is a {type(state).__name__}, expected a state_dict")
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    bad = [
-        f"{k} {list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} "
-        f"(model {list(expected[k].shape)})"
-        for k, v in state.items()
-        if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)
-    ]
-    if missing or unexpected or bad:
+    problems = state_mismatch(model.state_dict(), state)
+    if problems:
         what = getattr(model, "model_name", None) or type(model).__name__
-        parts = [f"checkpoint {path} does not match {type(model).__name__} ({what})"]
-        if missing:
-            parts.append(f"missing keys: {_preview(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_preview(unexpected)}")
-        if bad:
-            parts.append(f"wrong shapes: {_preview(bad)}")
-        raise ValueError("; ".join(parts))
+        raise ValueError("; ".join([f"checkpoint {path} does not match {type(model).__name__} ({what})"] + problems))
     model.load_state_dict(state, strict=True)
     return obj

@@ -105,3 +105,12 @@ class FSAdapterHead(nn.Module):
         if not self.training:
             return logits
         return logits, F.normalize(self.projector(bottleneck), dim=-1)
+
+
+def build_head(dim: int, num_classes: int, head: str = "linear", adapter: str = "", reduction: int = 4) -> nn.Module:
+    """A detector's fresh head on pooled features of width ``dim``: ``head`` (one of ``HEADS``), behind
+    the FS-Adapter when ``adapter="fs"``."""
+    if adapter not in ("", "fs"):
+        raise ValueError(f"adapter must be '' or 'fs', got {adapter!r}")
+    return FSAdapterHead(dim, num_classes, head, reduction) if adapter else make_head(head, dim, num_classes)
+

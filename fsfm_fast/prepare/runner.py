@@ -92,7 +92,7 @@ def _init_worker(plan: Plan, in_pool: bool) -> None:
         _WORKER["parser"] = LandmarkParser(plan.crop_scale)
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
@@ -120,7 +120,7 @@ def _frames_of(item: Input, plan: Plan) -> list[tuple[str, np.ndarray]]:
     if item.kind == VIDEO:
         frames = sample_frames(item.path, plan.num_frames, hwaccel=plan.hwaccel)
         return [(f"{item.stem}{FRAME_MARK}{i}", image) for i, image in frames]
-    return [(item.stem, _read_image(item.path))]
+    return [(item.stem, read_image(item.path))]
 
 
 def _one_frame(name: str, image: np.ndarray, item: Input, plan: Plan, entry: dict) -> None:
@@ -394,7 +394,7 @@ def farl_pass(plan: Plan, weights, device: str = "cpu", batch_size: int = 16) ->
                  for name, points in entry.get("points", {}).items() if not (map_dir / f"{name}.npy").is_file()]
     def load(job):
         try:
-            return job, _read_image(job[0])
+            return job, read_image(job[0])
         except ValueError as exc:  # a crop removed or damaged since the pool wrote it
             print(f"farl: skipped {job[0]}: {exc}", file=sys.stderr)
             return job, None

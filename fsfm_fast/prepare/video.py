@@ -91,8 +91,9 @@ def sample_frames(path, n: int, *, seek_gap: int = SEEK_GAP, hwaccel: str | None
     """``n`` frames spread uniformly over a video: ``[(index, RGB uint8 [H, W, 3]), ...]`` in order.
 
     Seeks to each wanted frame that lies more than ``seek_gap`` frames ahead of the decoder, and decodes
-    forward otherwise. Frames the header promised but the stream does not hold are missing from the
-    result (compare the indices with ``sample_indices``). ``hwaccel="cuda"`` asks FFmpeg to decode
+    forward otherwise. Frames the header promised but the stream does not hold, and frames that do not
+    decode (the sampler seeks past them to the next wanted frame), are missing from the result (compare
+    the indices with ``sample_indices``). ``hwaccel="cuda"`` asks FFmpeg to decode
     on the GPU (NVDEC), falling back to the CPU when it cannot. Raises VideoError for an unreadable
     video or one without frames.
     """
@@ -106,9 +107,9 @@ def sample_frames(path, n: int, *, seek_gap: int = SEEK_GAP, hwaccel: str | None
             return _sample_by_decoding_all(container, n)
         start = stream.start_time or 0
         wanted = sample_indices(total, n)
-        out, position, frames = [], None, None
-        try:
-            for target in wanted:
+        out, position, frames, errors = [], None, None, []
+        for target in wanted:
+            try:
                 if position is None or target - position > seek_gap or target < position:
                     offset = int(target / rate / stream.time_base) + start
                     container.seek(offset, stream=stream, backward=True, any_frame=False)
@@ -120,11 +121,12 @@ def sample_frames(path, n: int, *, seek_gap: int = SEEK_GAP, hwaccel: str | None
                         break
                 else:
                     break  # the stream ended before this frame: the header overstated its length
-        except (av.FFmpegError, ValueError) as exc:
-            if not out:
-                raise VideoError(f"undecodable video ({exc})") from None
+            except (av.FFmpegError, ValueError) as exc:
+                # a corrupt stretch costs the frames in it: seek afresh to the next wanted frame
+                errors.append(exc)
+                position = None
     if not out:
-        raise VideoError("no decodable frames")
+        raise VideoError(f"undecodable video ({errors[0]})" if errors else "no decodable frames")
     return out
 
 

@@ -1,0 +1,485 @@
+"""Is this face fake? ``python -m fsfm_fast.predict INPUT... --model OUT_OR_CKPT``.
+
+    python -m fsfm_fast.predict suspect.mp4 photos/ --model fsfm_detector --output scores.jsonl --save_faces faces.png
+    python -m fsfm_fast.predict --demo
+
+INPUT: images, videos, or folders of them (searched recursively, as ``prepare`` does). ``--model``: an
+export folder of ``python -m fsfm_fast.export`` (``config.json`` + ``model.safetensors``, loaded through
+timm) or a detector checkpoint of ``python -m fsfm_fast.finetune``.
+
+Each image, and each of ``--num_frames`` frames sampled uniformly from a video (``prepare``'s seeking
+sampler), goes through ``prepare``'s face detector: the largest face is cropped as ``prepare`` crops the
+fine-tuning data (a square of 1.3 x the box, at 224 px), then resized and normalised as the model was
+evaluated. ``--face_detector none`` scores whole images (already cropped faces). Faces are scored in
+batches (bf16 autocast on a GPU, fp32 on the CPU) while worker processes read and detect the next
+inputs. The score is P(fake), the softmax of the class named ``fake``. A video's score is the mean of
+its faces' scores (SPEC section 7), and each image or video is called fake when its score reaches the
+threshold: ``--threshold``, else the one the export records, else 0.5 (said so in the output).
+
+Outputs: a printed table, one row per input; ``--output FILE`` (``.csv``: CSV, otherwise JSON lines)
+with one ``face`` row per scored face or frame and one ``input`` row per input; ``--save_faces PNG`` a
+contact sheet of the faces with their scores. An input that cannot be scored (not an image or video,
+unreadable, no face in it) is reported in its row and on stderr, and the run goes on; frames that could
+not be decoded or hold no face are counted in their video's row. The exit status is 0 when at least one
+input was scored.
+
+``--demo`` exports the demo detector of ``python -m fsfm_fast.finetune`` (or says to run that first),
+writes a few synthetic real and fake videos, scores them through this same path, and prints the scores
+next to the truth.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from timm.data import create_transform, resolve_data_config
+from torch.utils.data import DataLoader, Dataset
+
+from . import cli
+from .checkpoint import safe_load
+from .devices import autocast, autocast_dtype, resolve_device
+from .models.detector import DETECTOR_FORMAT, detector_from_checkpoint
+from .models.timm_models import read_timm_config
+from .prepare.faces import CROP_SCALE, CROP_SIZE, DETECTORS, crop_face, largest_face, make_detector
+from .prepare.inputs import IMAGE, VIDEO, Input, kind_of, scan
+from .prepare.video import VideoError, count_frames, sample_frames, sample_indices
+from .signals import ignore_stop_signals
+
+DEFAULT_THRESHOLD = 0.5
+FAKE = "fake"
+THUMB = 112  # contact sheet tile side
+DEMO_OUTPUT_DIR = "output_demo_predict"
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+
+
+@dataclass
+class Scorer:
+    """A detector ready to score face crops: its model, input transform, which class is fake, threshold."""
+    model: torch.nn.Module
+    transform: Callable[[Image.Image], torch.Tensor]
+    fake_index: int
+    threshold: float | None  # the one the model records, if any
+    description: str
+
+
+def load_scorer(spec: str) -> Scorer:
+    """The detector of an export folder or of a detector checkpoint; one-line errors otherwise."""
+    path = Path(spec)
+    if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
+        path = path.parent  # an export's weights file: the export
+    if path.is_dir():
+        config = read_timm_config(path)
+        if config is None:
+            raise cli.UsageError(f"--model {path}: no readable config.json there; give an export folder of "
+                                 "python -m fsfm_fast.export or a detector checkpoint")
+        try:
+            model = timm.create_model(f"local-dir:{path}", pretrained=True)
+        except Exception as exc:  # noqa: BLE001  (timm raises many kinds; the user needs the folder and the cause)
+            raise cli.UsageError(f"--model {path}: timm cannot load this export ({type(exc).__name__}: {exc})") from None
+        transform = create_transform(**resolve_data_config(model=model))
+        labels = config.get("label_names") or []
+        threshold = (config.get("fsfm_fast") or {}).get("threshold")
+        name = (config.get("fsfm_fast") or {}).get("model", config.get("architecture"))
+    elif path.is_file():
+        ckpt = safe_load(path)
+        if ckpt.get("format") != DETECTOR_FORMAT:
+            raise cli.UsageError(f"--model {path} is not a detector checkpoint (format {ckpt.get('format')!r}); "
+                                 "give an export folder or a checkpoint of python -m fsfm_fast.finetune")
+        model, config = detector_from_checkpoint(ckpt, path)
+        from .evaluate import eval_transform  # the transform the detector was evaluated with
+        transform, labels, threshold, name = eval_transform(config), list(config.labels), None, config.model
+    else:
+        raise cli.UsageError(f"--model {path} does not exist")
+    if not getattr(model, "num_classes", 0):
+        raise cli.UsageError(f"--model {path} has no classification head (an encoder export): predict needs a detector")
+    if FAKE not in labels or len(labels) != model.num_classes:
+        raise cli.UsageError(f"--model {path}: its label names {labels} do not name the '{FAKE}' class")
+    return Scorer(model.eval(), transform, labels.index(FAKE), threshold, f"{name} from {path}")
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs -> face crops (in DataLoader workers)
+
+
+@dataclass
+class Face:
+    frame: int | None  # the frame index in its video; None for an image
+    box: list[float] | None  # [x0, y0, x1, y1] in the image; None without face detection
+    pixels: torch.Tensor  # the model's input
+    thumb: np.ndarray | None = None  # uint8 [THUMB, THUMB, 3] for the contact sheet
+
+
+@dataclass
+class Found:
+    """What reading one input gave: its faces, or why it gave none."""
+    index: int
+    faces: list[Face] = field(default_factory=list)
+    frames: int = 0  # images or video frames decoded
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _identity(item):
+    return item
+
+
+class FaceCrops(Dataset):
+    """Input i -> ``Found``: its frames, the largest face of each, cropped and transformed."""
+
+    def __init__(self, inputs: list[Input], transform, detector: str, num_frames: int, crop_scale: float,
+                 thumbs: bool):
+        self.inputs, self.transform, self.detector_name = inputs, transform, detector
+        self.num_frames, self.crop_scale, self.thumbs = num_frames, crop_scale, thumbs
+        self._detector = None  # built in the process that uses it (a worker)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def _frames(self, item: Input) -> tuple[list[tuple[int | None, np.ndarray]], list[str]]:
+        from .prepare.runner import read_image
+        kind = item.kind
+        if kind == IMAGE:
+            return [(None, read_image(item.path))], []
+        if kind != VIDEO:  # no known extension: whatever it turns out to be
+            try:
+                return [(None, read_image(item.path))], []
+            except ValueError:
+                try:
+                    count_frames(item.path)
+                except VideoError:
+                    raise ValueError(f"not an image or video (extension {item.path.suffix or 'none'!r})") from None
+        frames = sample_frames(item.path, self.num_frames)
+        wanted = len(sample_indices(count_frames(item.path), self.num_frames))
+        notes = [f"{wanted - len(frames)} of {wanted} sampled frames could not be decoded"] if len(frames) < wanted else []
+        return [(int(i), image) for i, image in frames], notes
+
+    def _face(self, image: np.ndarray) -> tuple[np.ndarray, list[float] | None] | None:
+        if self.detector_name == "none":
+            return image, None
+        if self._detector is None:
+            self._detector = make_detector(self.detector_name)
+        box = largest_face(self._detector.detect(image))
+        if box is None:
+            return None
+        return crop_face(image, box, self.crop_scale, CROP_SIZE), [round(v, 1) for v in box.as_list()]
+
+    def __getitem__(self, index: int) -> Found:
+        item, found = self.inputs[index], Found(index)
+        try:
+            frames, found.notes = self._frames(item)
+        except (VideoError, ValueError) as exc:
+            found.error = str(exc)
+            return found
+        except OSError as exc:
+            found.error = f"unreadable ({cli.describe_os_error(exc, item.path)})"
+            return found
+        except Exception as exc:  # noqa: BLE001  (one strange file must not stop the run)
+            found.error = f"failed ({type(exc).__name__}: {exc})"
+            return found
+        found.frames = len(frames)
+        missing, failed = 0, []
+        for frame, image in frames:
+            try:
+                face = self._face(image)
+                if face is None:
+                    missing += 1
+                    continue
+                crop, box = face
+                pil = Image.fromarray(np.ascontiguousarray(crop))
+                thumb = np.asarray(pil.resize((THUMB, THUMB), Image.BICUBIC)) if self.thumbs else None
+                found.faces.append(Face(frame, box, self.transform(pil.convert("RGB")), thumb))
+            except Exception as exc:  # noqa: BLE001  (one bad frame costs that frame, not its video)
+                failed.append(f"{type(exc).__name__}: {exc}")
+        if failed:
+            found.notes.append(f"{len(failed)} frames failed ({failed[0]})")
+        if missing and found.faces:
+            found.notes.append(f"{missing} of {len(frames)} frames without a face")
+        if failed and not found.faces:
+            found.error = f"no frame could be scored ({failed[0]})"
+        elif not found.faces:
+            found.error = "no face found" if frames[0][0] is None else f"no face in any of its {len(frames)} sampled frames"
+        return found
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring and results
+
+
+@dataclass
+class Result:
+    """One input's outcome."""
+    input: Input
+    found: Found
+    scores: list[float] = field(default_factory=list)  # P(fake) per face, in the order of found.faces
+
+    @property
+    def score(self) -> float | None:
+        return float(np.mean(self.scores)) if self.scores else None
+
+
+@torch.inference_mode()
+def _score(scorer: Scorer, faces: list[Face], device: torch.device, amp_dtype) -> list[float]:
+    x = torch.stack([f.pixels for f in faces]).to(device, non_blocking=True)
+    with autocast(device, amp_dtype):
+        logits = scorer.model(x)
+    return logits.float().softmax(dim=1)[:, scorer.fake_index].cpu().tolist()
+
+
+def predict(scorer: Scorer, inputs: list[Input], *, device: torch.device, amp_dtype, batch_size: int = 64,
+            num_workers: int = 0, detector: str = "dlib_hog", num_frames: int = 16, crop_scale: float = CROP_SCALE,
+            thumbs: bool = False, progress: Callable[[Result], None] | None = None) -> list[Result]:
+    """Every input's faces and scores. Faces of several inputs share a batch; inputs finish in order."""
+    scorer.model.to(device)
+    data = FaceCrops(inputs, scorer.transform, detector, num_frames, crop_scale, thumbs)
+    loader = DataLoader(data, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                        worker_init_fn=ignore_stop_signals if num_workers else None)
+    results, pending, queued = [], [], 0
+
+    def flush() -> None:  # score every queued face, in batches of batch_size, and hand the inputs over
+        nonlocal pending, queued
+        faces = [face for r in pending for face in r.found.faces]
+        scores = [p for i in range(0, len(faces), batch_size)
+                  for p in _score(scorer, faces[i:i + batch_size], device, amp_dtype)]
+        for r in pending:
+            r.scores, scores = scores[:len(r.found.faces)], scores[len(r.found.faces):]
+            results.append(r)
+            if progress:
+                progress(r)
+        pending, queued = [], 0
+
+    for found in loader:
+        pending.append(Result(inputs[found.index], found))
+        queued += len(found.faces)
+        if queued >= batch_size:
+            flush()
+    flush()
+    return results
+
+
+def decision(score: float | None, threshold: float) -> str | None:
+    return None if score is None else (FAKE if score >= threshold else "real")
+
+
+def input_row(r: Result, threshold: float) -> dict:
+    return {"level": "input", "input": str(r.input.path), "kind": r.input.kind, "faces": len(r.scores),
+            "frames": r.found.frames, "p_fake": r.score, "decision": decision(r.score, threshold),
+            "threshold": threshold, "error": r.found.error, "notes": "; ".join(r.found.notes) or None}
+
+
+def face_rows(r: Result) -> list[dict]:
+    return [{"level": "face", "input": str(r.input.path), "kind": r.input.kind, "frame": f.frame, "box": f.box,
+             "p_fake": p} for f, p in zip(r.found.faces, r.scores)]
+
+
+CSV_COLUMNS = ["level", "input", "kind", "frame", "x0", "y0", "x1", "y1", "faces", "frames", "p_fake", "decision",
+               "threshold", "error", "notes"]
+
+
+def write_rows(path: Path, results: list[Result], threshold: float) -> None:
+    """JSON lines (or CSV for a ``.csv`` name): each input's face rows, then its input row."""
+    rows = [row for r in results for row in face_rows(r) + [input_row(r, threshold)]]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        if path.suffix.lower() == ".csv":
+            writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                box = row.get("box") or [None] * 4
+                writer.writerow({**row, **dict(zip(("x0", "y0", "x1", "y1"), box))})
+        else:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(tmp, path)
+
+
+def format_table(results: list[Result], threshold: float, truth: dict[str, str] | None = None) -> str:
+    head = ["input", "kind", "faces", "P(fake)", "decision"] + (["truth"] if truth else []) + ["note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in results:
+        score = r.score
+        cells = [str(r.input.path), r.input.kind, f"{len(r.scores)}/{r.found.frames}" if r.input.kind == VIDEO
+                 else str(len(r.scores)), "n/a" if score is None else f"{score:.3f}", decision(score, threshold) or "-"]
+        if truth:
+            cells.append(truth.get(str(r.input.path), "?"))
+        note = r.found.error and f"NOT SCORED: {r.found.error}" or "; ".join(r.found.notes)
+        lines.append("| " + " | ".join(cells + [note]) + " |")
+    return "\n".join(lines)
+
+
+def contact_sheet(results: list[Result], threshold: float, path: Path, max_faces: int, columns: int = 8) -> int:
+    """A PNG grid of the scored faces (at most ``max_faces``, in input order), each captioned with its
+    input, frame and P(fake), framed red when called fake and green when called real. Returns the count."""
+    tiles = [(r, f, p) for r in results for f, p in zip(r.found.faces, r.scores) if f.thumb is not None][:max_faces]
+    if not tiles:
+        return 0
+    font = ImageFont.load_default()
+    pad, caption = 4, 28
+    cell_w, cell_h = THUMB + 2 * pad, THUMB + 2 * pad + caption
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (min(columns, len(tiles)) * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (r, face, p) in enumerate(tiles):
+        x, y = (i % columns) * cell_w, (i // columns) * cell_h
+        colour = (200, 30, 30) if p >= threshold else (30, 150, 30)
+        draw.rectangle([x + 1, y + 1, x + cell_w - 2, y + pad + THUMB + pad - 2], outline=colour, width=3)
+        sheet.paste(Image.fromarray(face.thumb), (x + pad, y + pad))
+        name = r.input.path.name if face.frame is None else f"{r.input.path.name} #{face.frame}"
+        draw.text((x + pad, y + 2 * pad + THUMB), name[-20:], fill="black", font=font)
+        draw.text((x + pad, y + 2 * pad + THUMB + 13), f"P(fake) {p:.3f}", fill=colour, font=font)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return len(tiles)
+
+
+# ----------------------------------------------------------------------------------------------
+# the verb
+
+
+def get_args_parser():
+    p = cli.argument_parser("fsfm_fast.predict", __doc__)
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="images, videos, or folders of them")
+    p.add_argument("--model", default=None, help="an export folder (fsfm_fast.export) or a detector checkpoint")
+    p.add_argument("--demo", action="store_true", help="score synthetic real and fake videos with the demo detector")
+    p.add_argument("--threshold", default=None, type=float,
+                   help="P(fake) at which an input is called fake (default: the model's, else 0.5)")
+    p.add_argument("--output", default=None, help="write the scores here: .csv for CSV, anything else JSON lines")
+    p.add_argument("--save_faces", default=None, metavar="PNG", help="write a contact sheet of the scored faces")
+    p.add_argument("--sheet_max", default=64, type=int, help="most faces on the contact sheet")
+    p.add_argument("--face_detector", default="dlib_hog", choices=list(DETECTORS) + ["none"],
+                   help="none: each image or frame is already a face crop")
+    p.add_argument("--crop_scale", default=CROP_SCALE, type=float, help="face crop side / detector box side")
+    p.add_argument("--num_frames", default=16, type=int, help="frames sampled uniformly from each video")
+    p.add_argument("--batch_size", default=64, type=int)
+    p.add_argument("--num_workers", default=min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                else os.cpu_count() or 1), type=int,
+                   help="processes that read inputs and detect faces")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
+    return p
+
+
+def check_args(args) -> None:
+    if args.demo and (args.inputs or args.model or args.output or args.save_faces):
+        raise cli.UsageError(f"--demo makes its own inputs and model and writes to {DEMO_OUTPUT_DIR}/: give it "
+                             "without INPUT, --model, --output or --save_faces")
+    if not args.demo and (not args.inputs or not args.model):
+        raise cli.UsageError("give INPUT... and --model OUT_OR_CKPT (or --demo)")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise cli.UsageError(f"--threshold is a probability in [0, 1], got {args.threshold}")
+    if min(args.batch_size, args.num_frames, args.sheet_max) < 1 or args.num_workers < 0 or args.crop_scale <= 0:
+        raise cli.UsageError("--batch_size, --num_frames and --sheet_max must be >= 1, --num_workers >= 0, "
+                             "--crop_scale > 0")
+    for flag in ("output", "save_faces"):
+        target = getattr(args, flag)
+        if target is not None:
+            cli.ensure_writable_dir(Path(target).parent or Path("."), f"--{flag} {target}: the folder")
+
+
+def collect_inputs(paths: list[str]) -> tuple[list[Input], list[tuple[str, str]]]:
+    """The inputs of the given paths (folders searched recursively) and the paths that do not exist."""
+    inputs, absent = [], []
+    for spec in paths:
+        path = Path(spec)
+        if not path.exists():
+            absent.append((spec, "no such file or folder"))
+            continue
+        inputs += scan(path) if path.is_dir() else [Input(path, path.stem, kind_of(path))]
+    return inputs, absent
+
+
+def run(args, truth: dict[str, str] | None = None) -> tuple[list[Result], float]:
+    scorer = load_scorer(args.model)
+    inputs, absent = collect_inputs(args.inputs)
+    threshold = args.threshold if args.threshold is not None else scorer.threshold
+    threshold_note = ("given" if args.threshold is not None else "recorded in the model" if threshold is not None
+                      else "the default: the model records none")
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    device = resolve_device(args.device)
+    amp_dtype = autocast_dtype(args.precision, device)
+    precision = "fp32" if amp_dtype is None else str(amp_dtype).split(".")[-1]
+    print(f"scoring {len(inputs)} inputs with {scorer.description} on {device} ({precision}); face detector "
+          f"{args.face_detector}; threshold {threshold:g} ({threshold_note})", flush=True)
+
+    def report(r: Result) -> None:
+        if r.found.error:
+            print(f"fsfm_fast.predict: {r.input.path}: not scored: {r.found.error}", file=sys.stderr, flush=True)
+
+    for spec, why in absent:
+        print(f"fsfm_fast.predict: {spec}: not scored: {why}", file=sys.stderr, flush=True)
+    results = predict(scorer, inputs, device=device, amp_dtype=amp_dtype, batch_size=args.batch_size,
+                      num_workers=min(args.num_workers, len(inputs)), detector=args.face_detector,
+                      num_frames=args.num_frames, crop_scale=args.crop_scale, thumbs=bool(args.save_faces),
+                      progress=report)
+    results += [Result(Input(Path(spec), Path(spec).stem, "missing"), Found(-1, error=why)) for spec, why in absent]
+    print(format_table(results, threshold, truth))
+    scored = sum(r.score is not None for r in results)
+    print(f"{scored} of {len(results)} inputs scored")
+    if args.output:
+        write_rows(Path(args.output), results, threshold)
+        print(f"wrote {args.output}")
+    if args.save_faces:
+        shown = contact_sheet(results, threshold, Path(args.save_faces), args.sheet_max)
+        print(f"wrote {args.save_faces} ({shown} faces)")
+    return results, threshold
+
+
+def run_demo(args) -> list[Result]:
+    """Export the demo detector, then score synthetic real and fake videos twice: as a camera would film
+    the faces (composited, found by the face detector, cropped) and as the generator's own frames at the
+    detector's input size (no face detection: the crops the demo detector was trained on)."""
+    from .data.synthetic_video import write_forgery_videos
+    from .export import DEMO_EXPORT_DIR, export, load_exportable
+    from .finetune import BEST, DEMO_OUTPUT_DIR as FINETUNE_DIR
+    checkpoint = Path(FINETUNE_DIR) / f"checkpoint-{BEST}.pth"
+    if not checkpoint.is_file():
+        raise cli.UsageError(f"no demo detector at {checkpoint}: run python -m fsfm_fast.finetune first "
+                             "(it trains one on the CPU in a few minutes), then this again")
+    out = cli.ensure_writable_dir(Path(DEMO_OUTPUT_DIR), "the demo folder")
+    print(f"exporting the demo detector {checkpoint} to {DEMO_EXPORT_DIR}/", flush=True)
+    item = load_exportable(checkpoint)
+    export(item, cli.ensure_writable_dir(Path(DEMO_EXPORT_DIR)), checkpoint)
+    passes = {"filmed": ("as filmed: moving faces composited on a cluttered background, found by the face detector",
+                         dict(composite=True), args.face_detector),
+              "frames": (f"the generator's own {item.img_size} px frames, as the demo detector was trained on them "
+                         "(no face detection)", dict(composite=False, size=item.img_size), "none")}
+    summary, results = [], []
+    for name, (what, video_args, detector) in passes.items():
+        print(f"\n== demo videos {what}", flush=True)
+        videos = write_forgery_videos(out / name / "videos", people=2, num_frames=8, **video_args)
+        truth = {str(path): "real" if kind == "real" else f"fake ({kind})" for path, kind in videos}
+        args.inputs, args.model, args.face_detector = [str(path) for path, _ in videos], DEMO_EXPORT_DIR, detector
+        args.num_frames = min(args.num_frames, 8)
+        args.output, args.save_faces = str(out / name / "predictions.jsonl"), str(out / name / "faces.png")
+        found, threshold = run(args, truth)
+        called = [(decision(r.score, threshold), truth[str(r.input.path)].split(" ")[0]) for r in found]
+        counts = {t: (sum(c == t for c, w in called if w == t), sum(w == t for _, w in called)) for t in ("real", FAKE)}
+        summary.append(f"  {name}: {counts['real'][0]} of {counts['real'][1]} real and {counts[FAKE][0]} of "
+                       f"{counts[FAKE][1]} fake videos called correctly at threshold {threshold:g}")
+        results += found
+    print("\ndemo summary (the demo detector is a tiny ViT fine-tuned for minutes on synthetic forgeries):")
+    print("\n".join(summary))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    check_args(args)
+    results = run_demo(args) if args.demo else run(args)[0]
+    return 0 if any(r.score is not None for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main, "fsfm_fast.predict"))

@@ -1,0 +1,340 @@
+"""The exits: FSFM models registered in timm, python -m fsfm_fast.export (safetensors + config.json, ONNX)
+and python -m fsfm_fast.predict (images, folders, videos, contact sheet, per-input errors), all on a tiny
+ViT at 32 px so that the whole file runs in seconds."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from fsfm_fast import cli, export, predict
+from fsfm_fast.models import DETECTOR_FORMAT, DetectorConfig, create_online
+from fsfm_fast.pretrain import MEAN_STD_FILE
+
+TINY = "fsfm_vit_tiny_patch16"
+SIZE = 32
+STATS = {"mean": [0.45, 0.4, 0.35], "std": [0.25, 0.24, 0.23]}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(main, *argv) -> int:
+    return cli.run(main, main.__module__, [str(a) for a in argv])
+
+
+def _perturbed(model: torch.nn.Module, scale: float) -> torch.nn.Module:
+    with torch.no_grad():  # make every weight matter (the head starts ~N(0, 2e-5): logits would be ~0)
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def online():
+    torch.manual_seed(0)
+    return _perturbed(create_online(TINY, img_size=SIZE), 0.02)
+
+
+@pytest.fixture(scope="module")
+def reference_ckpt(online, tmp_path_factory):
+    """A release-format online checkpoint (a pickled Namespace beside the weights), with its mean/std file."""
+    folder = tmp_path_factory.mktemp("release")
+    torch.save({"model": online.state_dict(), "args": argparse.Namespace(model=TINY, input_size=SIZE)},
+               folder / "checkpoint-400.pth")
+    (folder / MEAN_STD_FILE).write_text(json.dumps(STATS) + "\n")
+    return folder / "checkpoint-400.pth"
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    """A tiny detector checkpoint of the fine-tuning format, and its model."""
+    torch.manual_seed(1)
+    config = DetectorConfig(model=TINY, img_size=SIZE, mean=(0.5, 0.45, 0.4), std=(0.2, 0.21, 0.22),
+                            eval_resize="plain")
+    model = config.build()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)  # scores that differ from face to face
+    model = _perturbed(model, 0.02)
+    path = tmp_path_factory.mktemp("detector") / "checkpoint-best.pth"
+    torch.save({"format": DETECTOR_FORMAT, "detector": config.to_dict(), "model": model.state_dict()}, path)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def exported(detector, tmp_path_factory):
+    """The detector exported (with ONNX when the [export] extra is there), shared by the timm, ONNX and predict tests."""
+    out = tmp_path_factory.mktemp("export") / "fsfm_detector"
+    onnx = ["--onnx"] if all(importlib.util.find_spec(m) for m in export.ONNX_PACKAGES) else []
+    assert _cli(export.main, "--checkpoint", detector[0], "--output_dir", out, "--threshold", 0.4, *onnx) == 0
+    return out
+
+
+def _x(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# timm and export
+
+
+def test_timm_by_name_with_a_file_gives_our_features_and_logits(online, reference_ckpt, detector):
+    x = _x(3)
+    encoder = timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=dict(file=str(reference_ckpt))).eval()
+    assert encoder.num_classes == 0 and encoder.global_pool == "token"  # the encoder, final norm kept
+    assert encoder.pretrained_cfg["mean"] == tuple(STATS["mean"]) and encoder.pretrained_cfg["input_size"] == (3, SIZE, SIZE)
+    path, model = detector
+    det = timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert (det.num_classes, det.global_pool) == (2, "avg")  # the file's head and pooling
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.forward_features(x), online.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(det(x), model(x), rtol=0, atol=0)
+        # asked for another size, the position embedding is resampled; asked for 5 classes, a new head
+        bigger = timm.create_model(TINY, pretrained=True, img_size=64, num_classes=5,
+                                   pretrained_cfg_overlay=dict(file=str(path)))
+        assert bigger.pos_embed.shape == (1, 17, 192) and bigger.head.weight.shape == (5, 192)
+        torch.testing.assert_close(bigger.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+    with pytest.raises(RuntimeError, match="bundles no weights"):
+        timm.create_model(TINY, pretrained=True)
+
+
+@pytest.fixture(scope="module")
+def exported_encoder(reference_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "fsfm_vit"
+    assert _cli(export.main, "--checkpoint", reference_ckpt, "--output_dir", out) == 0
+    return out
+
+
+def test_export_of_a_release_checkpoint_loads_in_timm_by_folder(online, reference_ckpt, exported_encoder):
+    out = exported_encoder
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "vit_tiny_patch16_224" and config["num_classes"] == 0
+    assert config["model_args"]["depth"] == 6 and config["model_args"]["img_size"] == [SIZE, SIZE]
+    assert config["pretrained_cfg"]["mean"] == STATS["mean"] and config["pretrained_cfg"]["std"] == STATS["std"]
+    assert config["fsfm_fast"]["source_kind"] == "reference release checkpoint, online encoder"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    x = _x(2)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), online.encode(x), rtol=1e-5, atol=1e-5)
+    # the target network comes from its own release file, and not from the online one
+    assert _cli(export.main, "--checkpoint", reference_ckpt, "--output_dir", out.parent / "t", "--encoder", "target") == 2
+
+
+def test_exported_detector_in_timm_and_in_plain_timm(detector, exported):
+    _, model = detector
+    config = json.loads((exported / "config.json").read_text())
+    assert config["label_names"] == ["real", "fake"] and config["fsfm_fast"]["threshold"] == 0.4
+    assert config["pretrained_cfg"]["crop_mode"] == "squash" and config["pretrained_cfg"]["mean"] == [0.5, 0.45, 0.4]
+    x = _x(3, seed=7)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(timm.create_model(f"local-dir:{exported}", pretrained=True).eval()(x), expected,
+                                   rtol=0, atol=0)
+    # the architecture is timm's own ViT (the FSFM size in model_args): plain timm loads it, no fsfm_fast needed
+    assert timm.models.get_arch_name(config["architecture"]) == "vit_tiny_patch16_224"
+    assert timm.models._registry._model_to_module[config["architecture"]] == "vision_transformer"
+
+
+def test_importing_fsfm_fast_before_timm_registers_the_models_when_timm_arrives():
+    code = ('import sys, fsfm_fast; assert "timm" not in sys.modules, "import fsfm_fast must stay light"; '
+            f'import timm; assert timm.list_models("fsfm*") == {sorted(export.MODEL_CONFIGS)}; print("ok")')
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_onnx_matches_pytorch_at_batch_1_and_3(detector, exported):
+    for module in export.ONNX_PACKAGES:
+        pytest.importorskip(module)
+    ort = pytest.importorskip("onnxruntime")
+    _, model = detector
+    session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"] and [o.name for o in session.get_outputs()] == ["logits"]
+    assert not isinstance(session.get_inputs()[0].shape[0], int)  # the batch dimension is dynamic
+    for batch in (1, 3):
+        x = _x(batch, seed=10 + batch)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        np.testing.assert_allclose(got, expected, rtol=export.ONNX_RTOL, atol=export.ONNX_ATOL)
+    record = json.loads((exported / "config.json").read_text())["fsfm_fast"]["onnx"]
+    assert record["opset"] == export.ONNX_OPSET and record["max_abs_diff"] <= export.ONNX_ATOL
+
+
+def test_export_refuses_mismatched_keys_by_name(detector, reference_ckpt, tmp_path, capsys):
+    ckpt = torch.load(detector[0], weights_only=True)
+    del ckpt["model"]["blocks.1.mlp.fc2.bias"]
+    ckpt["model"]["decoder_pred.weight"] = torch.zeros(3)
+    torch.save(ckpt, tmp_path / "edited.pth")
+    assert _cli(export.main, "--checkpoint", tmp_path / "edited.pth", "--output_dir", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "blocks.1.mlp.fc2.bias" in err and "decoder_pred.weight" in err and err.count("\n") == 1
+    release = torch.load(reference_ckpt, weights_only=False)
+    del release["model"]["predictor.projection_head.3.bias"]
+    release["model"]["blocks.0.norm1.weight"] = torch.zeros(7)
+    release["model"]["extra_head.weight"] = torch.zeros(2)
+    torch.save(release, tmp_path / "release.pth")
+    assert _cli(export.main, "--checkpoint", tmp_path / "release.pth", "--output_dir", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "missing keys: predictor.projection_head.3.bias" in err and "unexpected keys: extra_head.weight" in err
+    assert "wrong shapes: blocks.0.norm1.weight [7] (model [192])" in err
+    assert not list((tmp_path / "out").iterdir()), "nothing is written for a refused checkpoint"
+    # a bare two-class state_dict does not say which class is fake: refused until --labels says it
+    torch.save(detector[1].state_dict(), tmp_path / "bare.pth")
+    assert _cli(export.main, "--checkpoint", tmp_path / "bare.pth", "--output_dir", tmp_path / "bare",
+                "--normalize_from_IMN") == 2
+    assert "--labels" in capsys.readouterr().err
+    assert _cli(export.main, "--checkpoint", tmp_path / "bare.pth", "--output_dir", tmp_path / "bare",
+                "--normalize_from_IMN", "--labels", "real,fake") == 0
+    config = json.loads((tmp_path / "bare" / "config.json").read_text())
+    assert config["label_names"] == ["real", "fake"] and config["pretrained_cfg"]["std"] == [0.229, 0.224, 0.225]
+
+
+def test_encoder_only_export_gives_the_feature_the_head_reads(detector, tmp_path):
+    path, model = detector
+    assert _cli(export.main, "--checkpoint", path, "--output_dir", tmp_path / "features", "--encoder_only") == 0
+    config = json.loads((tmp_path / "features" / "config.json").read_text())
+    assert config["num_classes"] == 0 and "label_names" not in config and config["global_pool"] == "avg"
+    features = timm.create_model(f"local-dir:{tmp_path / 'features'}", pretrained=True).eval()
+    x = _x(2, seed=3)
+    with torch.no_grad():
+        pooled = features(x)
+        torch.testing.assert_close(pooled, model.forward_head(model.forward_features(x), pre_logits=True), rtol=0, atol=0)
+        torch.testing.assert_close(model.head(pooled), model(x), rtol=1e-6, atol=1e-6)
+
+
+def test_export_of_an_adapter_checkpoint_rebuilds_the_detector_on_its_encoder(reference_ckpt, tmp_path, capsys):
+    """An FS-Adapter checkpoint (trained parts only, FAS head) exports whole: the frozen encoder is read from
+    the file it names; the folder loads through timm once fsfm_fast is imported, and through onnxruntime."""
+    from fsfm_fast.models import ADAPTER_FORMAT, load_pretrained_encoder
+    from fsfm_fast.models.adapter import encoder_reference, trained_state
+    torch.manual_seed(2)
+    config = DetectorConfig(model=TINY, img_size=SIZE, mean=tuple(STATS["mean"]), std=tuple(STATS["std"]),
+                            eval_resize="plain", head="fas", adapter="fs", labels=("real", "attack"))
+    model = config.build()
+    encoder = load_pretrained_encoder(model, reference_ckpt)
+    _perturbed(model.head, 0.05)
+    model.eval()
+    path = tmp_path / "checkpoint-best.pth"
+    torch.save({"format": ADAPTER_FORMAT, "detector": config.to_dict(), "model": trained_state(model),
+                "encoder": encoder_reference(encoder)}, path)
+    onnx = ["--onnx"] if all(importlib.util.find_spec(m) for m in export.ONNX_PACKAGES) else []
+    assert _cli(export.main, "--checkpoint", path, "--output_dir", tmp_path / "out", *onnx) == 0
+    config_json = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config_json["architecture"] == TINY and config_json["label_names"] == ["real", "attack"]
+    assert config_json["model_args"]["adapter"] == "fs" and config_json["model_args"]["head"] == "fas"
+    x = _x(3, seed=5)
+    with torch.no_grad():
+        expected = model(x)
+        assert expected.std() > 0
+        torch.testing.assert_close(timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()(x),
+                                   expected, rtol=0, atol=0)
+    if onnx:
+        import onnxruntime as ort
+        session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected.numpy(),
+                                   rtol=export.ONNX_RTOL, atol=export.ONNX_ATOL)
+    # the encoder file changed since training: refused by checksum, in one line
+    release = torch.load(reference_ckpt, weights_only=False)
+    moved = tmp_path / "moved.pth"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["encoder"]["path"] = str(moved)
+    release["model"]["blocks.0.norm1.weight"] += 1
+    torch.save(release, moved)
+    torch.save(ckpt, path)
+    capsys.readouterr()
+    assert _cli(export.main, "--checkpoint", path, "--output_dir", tmp_path / "out2") == 2
+    err = capsys.readouterr().err
+    assert "SHA-256" in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# predict
+
+
+@pytest.fixture(scope="module")
+def predicted(exported, tmp_path_factory):
+    """One predict run over a folder of face images (with a corrupt image and a stray text file in it),
+    a synthetic video, and a path that does not exist."""
+    pytest.importorskip("av")
+    pytest.importorskip("dlib")
+    from fsfm_fast.data.synthetic_video import moving_face_frames, write_synthetic_videos
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "photos").mkdir()
+    frames, _ = moving_face_frames(seed=5, num_frames=2)
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(root / "photos" / f"face_{i}.png")
+    (root / "photos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
+    (root / "photos" / "notes.txt").write_text("not a picture")
+    video = write_synthetic_videos(root / "videos", num_videos=1, num_frames=6)[0]
+    out = root / "scores.jsonl"
+    code = _cli(predict.main, root / "photos", video, root / "missing.mp4", "--model", exported,
+                "--output", out, "--save_faces", root / "faces.png", "--num_frames", 4, "--num_workers", 2)
+    return root, video, out, code
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_predict_scores_images_and_videos_and_reports_bad_inputs(predicted, detector, capsys):
+    from fsfm_fast.prepare import DlibHogDetector, crop_face, largest_face, sample_indices
+    root, video, out, code = predicted
+    assert code == 0
+    rows = _rows(out)
+    inputs = {Path(r["input"]).name: r for r in rows if r["level"] == "input"}
+    assert set(inputs) == {"face_0.png", "face_1.png", "broken.png", "notes.txt", video.name, "missing.mp4"}
+    assert "not a readable image" in inputs["broken.png"]["error"] and inputs["broken.png"]["p_fake"] is None
+    assert "not an image or video" in inputs["notes.txt"]["error"]
+    assert inputs["missing.mp4"]["error"] == "no such file or folder"
+    # an image's score is the detector's P(fake) of prepare's crop of its largest face, transformed as evaluated
+    _, model = detector
+    hog = DlibHogDetector()
+    for name in ("face_0.png", "face_1.png"):
+        image = np.asarray(Image.open(root / "photos" / name).convert("RGB"))
+        crop = crop_face(image, largest_face(hog.detect(image)))
+        x = torch.from_numpy(np.asarray(Image.fromarray(crop).resize((SIZE, SIZE), Image.BICUBIC), np.float32) / 255)
+        x = (x - torch.tensor([0.5, 0.45, 0.4])) / torch.tensor([0.2, 0.21, 0.22])
+        with torch.no_grad():
+            expected = model(x.permute(2, 0, 1)[None]).softmax(1)[0, 1].item()
+        assert inputs[name]["p_fake"] == pytest.approx(expected, abs=2e-3)
+        assert inputs[name]["decision"] == ("fake" if expected >= 0.4 else "real") and inputs[name]["threshold"] == 0.4
+    # a video: the faces of its sampled frames, and their mean
+    faces = [r for r in rows if r["level"] == "face" and r["input"] == str(video)]
+    assert [r["frame"] for r in faces] == sample_indices(6, 4) and all(len(r["box"]) == 4 for r in faces)
+    assert inputs[video.name]["p_fake"] == pytest.approx(np.mean([r["p_fake"] for r in faces]))
+    assert inputs[video.name]["faces"] == inputs[video.name]["frames"] == 4
+
+
+def test_predict_writes_a_contact_sheet_and_csv(predicted, exported, tmp_path):
+    root, video, out, _ = predicted
+    sheet = Image.open(root / "faces.png")
+    faces = [r for r in _rows(out) if r["level"] == "face"]
+    tile_w, tile_h = predict.THUMB + 8, predict.THUMB + 8 + 28
+    assert sheet.size == (min(len(faces), 8) * tile_w, -(-len(faces) // 8) * tile_h)
+    frame = np.asarray(sheet.convert("RGB"))[2, 2:tile_w - 2]  # the top edge of the first tile's frame
+    first = faces[0]["p_fake"]
+    assert (frame == ((200, 30, 30) if first >= 0.4 else (30, 150, 30))).all()
+    csv_path = tmp_path / "scores.csv"
+    assert _cli(predict.main, video, "--model", exported, "--output", csv_path, "--num_frames", 2,
+                "--num_workers", 0, "--threshold", 0.9) == 0
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].split(",") == predict.CSV_COLUMNS and len(lines) == 1 + 2 + 1
+    assert lines[-1].split(",")[predict.CSV_COLUMNS.index("threshold")] == "0.9"
+
+
+def test_predict_refuses_an_encoder_and_says_what_the_demo_needs(reference_ckpt, exported_encoder, tmp_path, capsys,
+                                                                 monkeypatch):
+    assert _cli(predict.main, str(reference_ckpt), "--model", exported_encoder) == 2
+    assert "no classification head" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert _cli(predict.main, "--demo") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "run python -m fsfm_fast.finetune first" in err
