@@ -1,7 +1,7 @@
 """Is this face fake? ``python -m fsfm_fast.predict INPUT... --model OUT_OR_CKPT``.
 
     python -m fsfm_fast.predict suspect.mp4 photos/ --model fsfm_detector --output scores.jsonl --save_faces faces.png
-    python -m fsfm_fast.predict --demo
+    python -m fsfm_fast.predict --demo       # the same with no arguments at all
 
 INPUT: images, videos, or folders of them (searched recursively, as ``prepare`` does). ``--model``: an
 export folder of ``python -m fsfm_fast.export`` (``config.json`` + ``model.safetensors``, loaded through
@@ -375,8 +375,11 @@ def check_args(args) -> None:
     if args.demo and (args.inputs or args.model or args.output or args.save_faces):
         raise cli.UsageError(f"--demo makes its own inputs and model and writes to {DEMO_OUTPUT_DIR}/: give it "
                              "without INPUT, --model, --output or --save_faces")
+    if not (args.demo or args.inputs or args.model or args.output or args.save_faces):
+        args.demo = True  # no inputs and no model: the embedded demo, as every verb runs with no data
+        print("no INPUT and no --model: running the demo (python -m fsfm_fast.predict --demo)", flush=True)
     if not args.demo and (not args.inputs or not args.model):
-        raise cli.UsageError("give INPUT... and --model OUT_OR_CKPT (or --demo)")
+        raise cli.UsageError("give INPUT... and --model OUT_OR_CKPT (or nothing, or --demo, for the demo)")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise cli.UsageError(f"--threshold is a probability in [0, 1], got {args.threshold}")
     if min(args.batch_size, args.num_frames, args.sheet_max) < 1 or args.num_workers < 0 or args.crop_scale <= 0:

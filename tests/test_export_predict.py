@@ -338,3 +338,8 @@ def test_predict_refuses_an_encoder_and_says_what_the_demo_needs(reference_ckpt,
     assert _cli(predict.main, "--demo") == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "run python -m fsfm_fast.finetune first" in err
+    assert _cli(predict.main) == 2  # no arguments at all is the demo, which says the same
+    captured = capsys.readouterr()
+    assert "running the demo" in captured.out and "run python -m fsfm_fast.finetune first" in captured.err
+    assert _cli(predict.main, "--model", exported_encoder) == 2  # half a command is not the demo
+    assert "give INPUT" in capsys.readouterr().err

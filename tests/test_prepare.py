@@ -405,6 +405,14 @@ def test_demo_output_feeds_the_pretraining_loaders(tmp_path):
         assert tuple(sample["image"].shape) == (3, 224, 224) and int(sample["parsing"].max()) <= 10
 
 
+def test_no_command_runs_the_demo(monkeypatch, capsys):
+    from fsfm_fast.prepare import __main__ as prepare_main
+    ran = []
+    monkeypatch.setitem(prepare_main.HANDLERS, "demo", lambda args: ran.append(args.command) or {})
+    assert _run_cli() == 0 and ran == ["demo"]
+    assert "running the demo" in capsys.readouterr().out
+
+
 def test_a_crashing_worker_costs_only_its_input(tmp_path):
     """A worker that dies (a decoder crash) is replaced; its input is retried alone and then listed."""
     from _prepare_helpers import crash_on_marked

@@ -6,6 +6,7 @@
     pretrain-set  videos/images -> faces -> parsing: the pretraining layout (faces/), or shards (--shards)
     finetune-set  class folders of videos/images -> <out>/{train,val,test}/<class>/<video>_frame_<i>.png
     demo          write a few synthetic videos and run finetune-set and pretrain-set on them
+                  (also what runs with no command at all)
 
 Every command resumes when run again with the same arguments, splits its inputs with
 ``--num_shards N --shard_index I``, and lists what it could not use in ``<out>/skipped.tsv``;
@@ -307,6 +308,11 @@ HANDLERS = {"frames": command_frames, "faces": command_faces, "parse": command_p
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # no command: the embedded demo, as every verb runs with no data
+        print("no command given: running the demo (python -m fsfm_fast.prepare demo); -h lists the commands",
+              flush=True)
+        argv = ["demo"]
     args = get_args_parser().parse_args(argv)
     check_args(args)
     manifest = HANDLERS[args.command](args)
