@@ -51,6 +51,7 @@ class RunLog:
     def resumed(self, step: int) -> None:
         if self.enabled:
             drop_rows_after(self.path, step)
+            drop_rows_after(self.skipped_path, step, step_of=_tsv_step)
 
     def skipped(self, step: int, samples: list[tuple[str, str]]) -> None:
         """Name each unreadable sample of a batch, ``(path, reason)``, in skipped.tsv and on screen."""
@@ -84,14 +85,30 @@ class RunLog:
             self._tb.close()
 
 
-def drop_rows_after(path: Path, step: int) -> None:
-    """Rewrite ``path`` (atomically) without the rows whose step is past ``step``."""
+def _json_step(line: str) -> int | None:
+    return json.loads(line).get("step", 0)
+
+
+def _tsv_step(line: str) -> int | None:
+    """The step of a skipped.tsv row; None for its header."""
+    first = line.split("\t", 1)[0]
+    if first == "step":
+        return None
+    if line.count("\t") != 2:
+        raise ValueError("a row cut by a kill mid-write")
+    return int(first)
+
+
+def drop_rows_after(path: Path, step: int, step_of=_json_step) -> None:
+    """Rewrite ``path`` (atomically) without the rows whose step (``step_of(line)``, None: keep the
+    row) is past ``step``, nor rows cut by a kill mid-write."""
     if not path.is_file():
         return
     kept, dropped = [], 0
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            past = json.loads(line).get("step", 0) > step
+            row_step = step_of(line)
+            past = row_step is not None and row_step > step
         except (ValueError, AttributeError):  # a line cut by a kill mid-write
             past = True
         if past:

@@ -121,6 +121,14 @@ def test_skipped_samples_are_named_in_the_run_files(tmp_path):
     lines = (tmp_path / "skipped.tsv").read_text().splitlines()
     assert lines == ["step\tsample\treason", "7\t/data/images/a.png\tunreadable image (bad bytes)",
                      "7\tb.png\tunreadable"]
+    # a resume from step 5 redoes step 7: its rows go, so the redone step names its samples once
+    log = RunLog(tmp_path, enabled=True, tensorboard=False)
+    log.skipped(3, [("c.png", "truncated")])
+    with (tmp_path / "skipped.tsv").open("a") as f:
+        f.write("8\td.p")  # cut by a kill mid-write
+    log.resumed(5)
+    log.close()
+    assert (tmp_path / "skipped.tsv").read_text().splitlines() == ["step\tsample\treason", "3\tc.png\ttruncated"]
 
 
 def test_stop_signal_sets_a_flag_and_restores_handlers():
