@@ -212,6 +212,8 @@ def test_two_process_gloo_ddp(faces, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    said = res.stdout + res.stderr  # the run names the backends it uses, once, on the main rank
+    assert said.count("backends: masks ") == 1 and " (gather/restore/loss), loader torch (" in said
     rows = read_log(tmp_path / "log.jsonl")
     assert rows[-1]["step"] == 6 and all(math.isfinite(r["loss"]) for r in rows)
     # 96 images over 2 ranks x 4 per batch: 12 iterations per epoch, images/s counts both ranks
