@@ -149,6 +149,28 @@ def test_nonfinite_micro_batch_drops_only_its_gradient(faces, tmp_path):
     assert trainer.stats.counters() == {"nonfinite_total": 1, "nonfinite_in_a_row": 0}
 
 
+def test_a_batch_with_every_sample_unreadable_is_skipped_and_named(faces, tmp_path):
+    """A batch whose every image was corrupt (the loader dropped them all) costs an iteration, moves
+    no network, names its samples, and the accumulation cycle's earlier micro-batch still steps."""
+    trainer = _trainer(faces, tmp_path, "--input_size", "32", "--accum_iter", "2", "--warmup_epochs", "0")
+    trainer.train_step(_batch(trainer), 0)  # the first micro-batch of a cycle of two
+    before = _weights(trainer)
+    empty = {"images": torch.zeros(0, 3, 32, 32), "parsing": torch.zeros(0, 32, 32, dtype=torch.uint8),
+             "n_skipped": 2, "skipped": [("a.png", "truncated image"), ("b.png", "not an image")]}
+    trainer.train_step(empty, 0)
+    assert trainer.state.iteration == 2 and trainer.state.skipped_images == 2
+    assert not torch.equal(before[0], next(trainer.online.parameters())), "the cycle's good micro-batch steps"
+    before = _weights(trainer)
+    for name in ("c.png", "d.png"):  # a whole cycle of empty micro-batches: no step at all
+        trainer.train_step(dict(empty, skipped=[(name, "truncated image")], n_skipped=1), 0)
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(trainer))), "an empty cycle moved a network"
+    assert trainer.state.iteration == 4 and trainer.state.skipped_images == 4
+    assert trainer.stats.counters() == {"nonfinite_total": 0, "nonfinite_in_a_row": 0}
+    lines = (tmp_path / "skipped.tsv").read_text().splitlines()
+    assert lines[1:] == ["1\ta.png\ttruncated image", "1\tb.png\tnot an image", "2\tc.png\ttruncated image",
+                         "3\td.png\ttruncated image"]
+
+
 # Ops that read a tensor back to the host (item, bool, int, nonzero, ...): on a GPU, each one stops
 # the CPU until the GPU catches up.
 _HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::equal", "aten::is_nonzero",
