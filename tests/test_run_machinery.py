@@ -7,6 +7,7 @@ import pickle
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,7 +148,7 @@ def test_worker_ignores_stop_signals():
     assert res.returncode == 0 and res.stdout.strip() == "alive", res.stderr
 
 
-def test_cli_turns_user_errors_into_one_line(capsys, tmp_path):
+def test_cli_turns_user_errors_into_one_line(capsys, tmp_path, monkeypatch):
     def bad(argv):
         raise cli.UsageError("--blr must be > 0, got -1")
 
@@ -159,3 +160,12 @@ def test_cli_turns_user_errors_into_one_line(capsys, tmp_path):
         cli.ensure_writable_dir(a_file)
     with pytest.raises(cli.UsageError, match="cannot be written"):
         cli.ensure_writable_dir("/proc/fsfm_out")
+
+    # a read-only filesystem (root, as on CI, would write through mere permissions): named, one line
+    def read_only(self, data):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    with pytest.raises(cli.UsageError, match=r"--output_dir .*ro_out cannot be written: .*read-only") as caught:
+        cli.ensure_writable_dir(tmp_path / "ro_out")
+    assert "\n" not in str(caught.value)
