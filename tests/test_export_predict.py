@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from fsfm_fast import cli, export, predict
+from fsfm_fast.checkpoint import safe_load
 from fsfm_fast.models import DETECTOR_FORMAT, DetectorConfig, create_online
 from fsfm_fast.pretrain import MEAN_STD_FILE
 
@@ -176,7 +177,7 @@ def test_export_refuses_mismatched_keys_by_name(detector, reference_ckpt, tmp_pa
     assert _cli(export.main, "--checkpoint", tmp_path / "edited.pth", "--output_dir", tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "blocks.1.mlp.fc2.bias" in err and "decoder_pred.weight" in err and err.count("\n") == 1
-    release = torch.load(reference_ckpt, weights_only=False)
+    release = safe_load(reference_ckpt)  # the release pickles a Namespace, which safe_load allows
     del release["model"]["predictor.projection_head.3.bias"]
     release["model"]["blocks.0.norm1.weight"] = torch.zeros(7)
     release["model"]["extra_head.weight"] = torch.zeros(2)
@@ -242,7 +243,7 @@ def test_export_of_an_adapter_checkpoint_rebuilds_the_detector_on_its_encoder(re
         np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected.numpy(),
                                    rtol=export.ONNX_RTOL, atol=export.ONNX_ATOL)
     # the encoder file changed since training: refused by checksum, in one line
-    release = torch.load(reference_ckpt, weights_only=False)
+    release = safe_load(reference_ckpt)  # the release pickles a Namespace, which safe_load allows
     moved = tmp_path / "moved.pth"
     ckpt = torch.load(path, weights_only=True)
     ckpt["encoder"]["path"] = str(moved)
