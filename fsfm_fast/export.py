@@ -47,10 +47,10 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from . import cli
-from .checkpoint import CheckpointError, CheckpointManager, safe_load, state_mismatch
+from .checkpoint import CheckpointError, CheckpointManager, state_mismatch
 from .models import MODEL_CONFIGS, create_online, create_target
 from .models.detector import (ADAPTER_FORMAT, DETECTOR_FORMAT, PRETRAIN_FORMAT, _find_mean_std, _recorded_model,
-                              detector_from_checkpoint, read_mean_std)
+                              detector_from_checkpoint, read_mean_std, read_weights)
 from .models.timm_models import (EVAL_CROP_PCT, TIMM_ARCHITECTURES, architecture_args, read_timm_config,
                                  weights_grid, weights_pooling)
 
@@ -60,7 +60,6 @@ ONNX_OPSET = 18
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the exporter writes with onnxscript; the check runs onnxruntime
 ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-4
 ROUND_TRIP_ATOL = 1e-5
-LABELS = ("real", "fake")
 DEMO_EXPORT_DIR = "output_demo_export"
 # A single protobuf file holds at most 2 GiB: larger models keep their weights in model.onnx.data.
 ONNX_EXTERNAL_DATA_BYTES = 1 << 30
@@ -100,27 +99,6 @@ class Exportable:
 
 # ----------------------------------------------------------------------------------------------
 # reading checkpoints
-
-
-def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(the whole checkpoint, its state_dict) of any file we export; safetensors have no checkpoint around them."""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        try:
-            return {}, load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot load safetensors file {path}: {exc}") from None
-    obj = safe_load(path)
-    for key in ("model", "state_dict"):
-        if isinstance(obj.get(key), Mapping):
-            return obj, obj[key]
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {}, obj
-    raise CheckpointError(f"{path} holds no weights: expected a 'model' or 'state_dict' entry or a plain state_dict; "
-                          f"its top-level keys are {list(obj)[:8]}")
 
 
 def infer_model_name(state: Mapping[str, torch.Tensor], path: Path) -> str:
@@ -241,7 +219,7 @@ def _mean_std_or_none(mean_std) -> tuple:
 
 def load_exportable(path: Path, encoder: str | None = None, model_name: str | None = None) -> Exportable:
     """Whatever ``path`` is, as an Exportable; every key checked against its network."""
-    obj, state = read_checkpoint(path)
+    obj, state, _ = read_weights(path)
     if obj.get("format") in (DETECTOR_FORMAT, ADAPTER_FORMAT):
         found = from_detector(obj, path)
     elif obj.get("format") == PRETRAIN_FORMAT or (obj.get("format") is None and "model" in obj

@@ -156,12 +156,15 @@ class FaceCrops(Dataset):
             try:
                 return [(None, read_image(item.path))], []
             except ValueError:
-                try:
-                    count_frames(item.path)
-                except VideoError:
-                    raise ValueError(f"not an image or video (extension {item.path.suffix or 'none'!r})") from None
+                pass
+        try:
+            total = count_frames(item.path)  # also what tells a video from anything else
+        except VideoError:
+            if kind == VIDEO:
+                raise
+            raise ValueError(f"not an image or video (extension {item.path.suffix or 'none'!r})") from None
         frames = sample_frames(item.path, self.num_frames)
-        wanted = len(sample_indices(count_frames(item.path), self.num_frames))
+        wanted = len(sample_indices(total, self.num_frames))
         notes = [f"{wanted - len(frames)} of {wanted} sampled frames could not be decoded"] if len(frames) < wanted else []
         return [(int(i), image) for i, image in frames], notes
 

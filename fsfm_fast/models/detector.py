@@ -21,7 +21,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,13 @@ from torch import nn
 from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, preview, safe_load
 from fsfm_fast.models import timm_models  # registers the FSFM names with timm
 from fsfm_fast.models.configs import get_config
-from fsfm_fast.models.heads import HEADS, build_head
+from fsfm_fast.models.heads import ADAPTERS, HEADS, build_head
 
 DETECTOR_FORMAT = "fsfm_fast.detector/1"
 ADAPTER_FORMAT = "fsfm_fast.adapter/1"  # trained parts only, the encoder by reference (models.adapter)
 PRETRAIN_FORMAT = "fsfm_fast.pretrain/1"
 POOLINGS = {"avg": "avg", "cls": "token"}  # our name -> timm's
 EVAL_RESIZES = ("crop", "plain")
-ADAPTERS = ("", "fs")  # "": the whole detector is one model; "fs": FS-Adapter on a frozen encoder
 
 
 def create_detector(name: str, num_classes: int = 2, img_size: int = 224, global_pool: str = "avg",
@@ -59,8 +58,6 @@ def create_detector(name: str, num_classes: int = 2, img_size: int = 224, global
         raise ValueError(f"img_size must be a positive multiple of the patch size {config.patch_size}, got {img_size}")
     if int(num_classes) != num_classes or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
-    if adapter not in ADAPTERS:
-        raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
     model = timm.create_model(name, num_classes=int(num_classes), img_size=int(img_size),
                               global_pool=POOLINGS[global_pool], drop_path_rate=drop_path_rate)
     model.head = build_head(config.embed_dim, int(num_classes), head, adapter, adapter_reduction)
@@ -89,7 +86,6 @@ class PretrainedEncoder:
     mean_std: tuple[list[float], list[float]] | None = None
     mean_std_source: str | None = None
     pretrained_model: str | None = None  # the model name the checkpoint records, when it does
-    extra: dict = field(default_factory=dict)
 
 
 def read_mean_std(path: str | os.PathLike) -> tuple[list[float], list[float]]:
@@ -106,8 +102,9 @@ def read_mean_std(path: str | os.PathLike) -> tuple[list[float], list[float]]:
     return mean, std
 
 
-def _read_weights(path: Path) -> tuple[dict, Mapping[str, torch.Tensor], str]:
-    """(whole file as a dict, its state_dict, kind) for every file format we accept."""
+def read_weights(path: Path) -> tuple[dict, Mapping[str, torch.Tensor], str]:
+    """(whole file as a dict, its state_dict, kind) for every file format we accept; safetensors and
+    plain state_dicts have no checkpoint around them (``{}``)."""
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -129,7 +126,7 @@ def _read_weights(path: Path) -> tuple[dict, Mapping[str, torch.Tensor], str]:
         return obj, obj["state_dict"], "state_dict"
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {}, obj, "state_dict"
-    raise CheckpointError(f"{path} holds no encoder weights: expected a 'model' or 'state_dict' entry or a "
+    raise CheckpointError(f"{path} holds no weights: expected a 'model' or 'state_dict' entry or a "
                           f"plain state_dict; its top-level keys are {list(obj)[:8]}")
 
 
@@ -197,7 +194,7 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -
     file, else from the checkpoint itself, else from the ``config.json`` of an export folder holding it.
     """
     path = Path(path)
-    obj, state, kind = _read_weights(path)
+    obj, state, kind = read_weights(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     recorded = _recorded_model(obj)
     target = model.state_dict()
@@ -207,14 +204,11 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -
     name = getattr(model, "model_name", type(model).__name__)
     refuse_misfit(f"{path} ({kind}) does not fit the encoder of {name}"
                   + (f" (it was pretrained as {recorded})" if recorded else ""), absent, wrong)
-    result = model.load_state_dict(selected, strict=False)
-    if sorted(result.missing_keys) != sorted(expected_missing) or result.unexpected_keys:
-        raise CheckpointError(f"{path}: after loading, the keys left missing are {result.missing_keys} and "
-                              f"unexpected {result.unexpected_keys}; expected exactly {expected_missing}")
+    model.load_state_dict(selected, strict=False)  # refuse_misfit left exactly the head keys missing
     mean_std, source = _find_mean_std(path, obj)
     return PretrainedEncoder(
         path=str(path), kind=kind, loaded=sorted(selected), ignored=sorted(k for k in state if k not in selected),
-        missing=sorted(result.missing_keys), pos_embed_resampled_from=resampled, mean_std=mean_std,
+        missing=sorted(expected_missing), pos_embed_resampled_from=resampled, mean_std=mean_std,
         mean_std_source=source, pretrained_model=recorded,
     )
 

@@ -19,6 +19,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 HEADS = ("linear", "fas")
+ADAPTERS = ("", "fs")  # "": the whole detector is one model; "fs": FS-Adapter on a frozen encoder
 LINEAR_INIT_STD = 2e-5
 FAS_HIDDEN = 512
 
@@ -110,7 +111,7 @@ class FSAdapterHead(nn.Module):
 def build_head(dim: int, num_classes: int, head: str = "linear", adapter: str = "", reduction: int = 4) -> nn.Module:
     """A detector's fresh head on pooled features of width ``dim``: ``head`` (one of ``HEADS``), behind
     the FS-Adapter when ``adapter="fs"``."""
-    if adapter not in ("", "fs"):
-        raise ValueError(f"adapter must be '' or 'fs', got {adapter!r}")
+    if adapter not in ADAPTERS:
+        raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
     return FSAdapterHead(dim, num_classes, head, reduction) if adapter else make_head(head, dim, num_classes)
 

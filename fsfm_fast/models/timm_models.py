@@ -109,9 +109,9 @@ def _create(name: str, pretrained: bool = False, **kwargs: Any) -> VisionTransfo
 def read_pretrained_file(path: str | Path) -> dict[str, Any]:
     """``{"state_dict": ..., "num_classes": ..., "mean": ..., "std": ...}`` of a weights file: its
     weights and the pretrained cfg entries they imply (mean/std only when the file comes with them)."""
-    from fsfm_fast.models.detector import _find_mean_std, _read_weights  # here: detector imports this module
+    from fsfm_fast.models.detector import _find_mean_std, read_weights  # here: detector imports this module
     path = Path(path)
-    obj, state, _ = _read_weights(path)
+    obj, state, _ = read_weights(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     head = state.get("head.weight")
     out: dict[str, Any] = {"state_dict": state, "num_classes": int(head.shape[0]) if hasattr(head, "shape") else 0}
