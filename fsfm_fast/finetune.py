@@ -38,7 +38,7 @@ from .checkpoint import CheckpointError, CheckpointManager, load_state_dict_stri
 from .data.forgery import write_forgery_benchmark
 from .data.labelled import (LabelledImages, Sample, collate_labelled, count_labels, parse_class_map,
                             read_split_file, samples_from)
-from .data.sampler import EpochSampler
+from .data.sampler import EpochSampler, batches_per_epoch
 from .devices import autocast_dtype, device_type, resolve_device
 from .distributed import DistInfo, barrier, process_group
 from .evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
@@ -270,17 +270,11 @@ def load_splits(args) -> dict[str, list[Sample]]:
         splits = {"train": read_split_file(Path(args.train_split), class_map, base, args.split_delimiter),
                   "val": read_split_file(Path(args.val_split), class_map, base, args.split_delimiter)}
     else:
-        many = len(args.data_path) > 1
-        splits = {split: [s for i, root in enumerate(args.data_path)
-                          for s in _prefixed(samples_from(root, split, class_map), f"{i}:" if many else "")]
-                  for split in ("train", "val")}
+        roots = ",".join(args.data_path)  # samples_from keeps the videos of different roots apart
+        splits = {split: samples_from(roots, split, class_map) for split in ("train", "val")}
     for name, spec in parse_tests(args.target_domain_selection).items():
         splits[f"target:{name}"] = samples_from(spec, "val", class_map)
     return splits
-
-
-def _prefixed(samples: list[Sample], prefix: str) -> list[Sample]:
-    return [Sample(s.path, s.label, prefix + s.video, s.cls) for s in samples] if prefix else samples
 
 
 def check_splits(splits: dict[str, list[Sample]], select_metric: str) -> None:
@@ -315,6 +309,10 @@ def train_transform(args, mean, std):
 
 
 def build_train_data(dataset: LabelledImages, args, info: DistInfo, device: torch.device) -> TrainData:
+    iters_per_epoch = batches_per_epoch(len(dataset), args.batch_size, info.world_size)
+    if iters_per_epoch < 1:
+        raise cli.UsageError(f"{len(dataset)} training images cannot fill one batch of {args.batch_size} on each "
+                             f"of {info.world_size} processes")
     sampler = EpochSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, seed=args.seed,
                            shuffle=True, drop_last=True, batch_size=args.batch_size)
     # Its own generator: starting an epoch must not draw from the global stream that drop path uses,
@@ -323,7 +321,7 @@ def build_train_data(dataset: LabelledImages, args, info: DistInfo, device: torc
                         collate_fn=collate_labelled, pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=args.num_workers > 0, worker_init_fn=ignore_stop_signals,
                         generator=torch.Generator())
-    return TrainData(dataset, sampler, loader, "labelled images", sampler.per_rank // args.batch_size, args.batch_size)
+    return TrainData(dataset, sampler, loader, "labelled images", iters_per_epoch, args.batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -489,9 +487,6 @@ def build_parts(args, model, config: DetectorConfig, encoder, splits, info: Dist
     """The deepfake task's parts for the engine: data, optimizer, schedule, loss, validation, selection."""
     train_set = LabelledImages(splits["train"], train_transform(args, config.mean, config.std), seed=args.seed)
     data = build_train_data(train_set, args, info, device)
-    if data.iters_per_epoch < 1:
-        raise cli.UsageError(f"{len(train_set)} training images cannot fill one batch of {args.batch_size} on each "
-                             f"of {info.world_size} processes")
     eval_tf = eval_transform(config)
     val_sets = {name: LabelledImages(samples, eval_tf) for name, samples in splits.items() if name != "train"}
     args.lr = args.lr if args.lr is not None else args.blr * effective_batch(args, info) / 256

@@ -216,7 +216,8 @@ def train_data(data: FASData, transform, args, seed: int, info: DistInfo, device
     sampler = BalancedBatchSampler(list(data.groups.values()), args.batch_per_group, args.eval_every,
                                    num_replicas=info.world_size, rank=info.rank, seed=seed)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers, collate_fn=collate_labelled,
-                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
+                        pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0,
+                        worker_init_fn=ignore_stop_signals,
                         generator=torch.Generator())
     return TrainData(dataset, sampler, loader, "balanced (domain, class) batches", args.eval_every,
                      sampler.batch_size)

@@ -140,6 +140,8 @@ def test_bad_data_and_flags_fail_before_training(bench, tmp_path, monkeypatch):
         finetune.main(_argv(one_class_val, tmp_path / "o2"))
     with pytest.raises(UsageError, match="--batch_size must be even"):
         finetune.main(_argv(bench, tmp_path / "o3", "--batch_size", "7"))
+    with pytest.raises(UsageError, match=r"\d+ training images cannot fill one batch of 100000 on each of 1 process"):
+        finetune.main(_argv(bench, tmp_path / "o3", "--batch_size", "100000"))
     assert not (tmp_path / "o1" / "log.jsonl").exists()
 
     monkeypatch.setattr(finetune.DetectionLoss, "__call__", lambda self, model, batch: model(batch["images"]).sum() * math.nan)
