@@ -45,6 +45,7 @@ from torchvision.transforms import functional as TF
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fsfm_fast import cli  # noqa: E402
 from fsfm_fast.data import make_shards, write_synthetic_dataset  # noqa: E402
 from fsfm_fast.data.dali import dali_available  # noqa: E402
 from fsfm_fast.data.loaders import build_loader, dataset_mean_std, detect_layout  # noqa: E402
@@ -52,13 +53,12 @@ from fsfm_fast.data.shards import load_manifest  # noqa: E402
 
 
 def parse_args(argv=None):
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--images", type=int, default=1024, help="synthetic faces")
     p.add_argument("--size", type=int, default=224, help="synthetic face size = input size")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--workers", type=int, default=cpus, help="DataLoader workers / DALI threads")
+    p.add_argument("--workers", type=int, default=cli.available_cpus(), help="DataLoader workers / DALI threads")
     p.add_argument("--batches", type=int, default=30, help="timed batches per loader and mode")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeat", type=int, default=1,

@@ -28,6 +28,16 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> st
     return f"{where}: {cause}" if where else cause
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def workers_for(requested: int) -> int:
+    """``requested`` worker processes, or every available CPU for 0."""
+    return requested if requested > 0 else available_cpus()
+
+
 def ensure_writable_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Path:
     """Create ``path`` if needed and prove a file can be written there, before any expensive work."""
     path = Path(path)

@@ -365,8 +365,7 @@ def get_args_parser():
     p.add_argument("--crop_scale", default=CROP_SCALE, type=float, help="face crop side / detector box side")
     p.add_argument("--num_frames", default=16, type=int, help="frames sampled uniformly from each video")
     p.add_argument("--batch_size", default=64, type=int)
-    p.add_argument("--num_workers", default=min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                else os.cpu_count() or 1), type=int,
+    p.add_argument("--num_workers", default=min(4, cli.available_cpus()), type=int,
                    help="processes that read inputs and detect faces")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -29,7 +29,6 @@ fine-tuning layout.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -38,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .synthetic import (HAIR, LEFT_EYE, LOWER_LIP, RIGHT_EYE, SKIN, UPPER_LIP, draw_face, face_params,
-                        map_in_processes)
+from .synthetic import (HAIR, LEFT_EYE, LOWER_LIP, RIGHT_EYE, SKIN, UPPER_LIP, _write_json, benchmark_is_current,
+                        draw_face, face_params, map_in_processes)
 
 FORGERY_TYPES = ("face_swap", "reenactment", "upsampling", "rerender")
 TRAIN_TYPES = ("face_swap", "reenactment")  # what the default benchmark trains on
@@ -439,16 +438,8 @@ def write_forgery_benchmark(root, seed: int = 0, size: int = 128, frames_per_vid
     wanted = {"generator": "fsfm_fast.data.forgery", "version": BENCHMARK_VERSION, "seed": int(seed),
               "size": int(size), "frames_per_video": int(frames_per_video), "identities": identities}
     manifest = root / MANIFEST_NAME
-    if manifest.is_file():
-        try:
-            if json.loads(manifest.read_text(encoding="utf-8")) == wanted:
-                return root
-        except ValueError:
-            pass
-    elif root.is_dir() and any(root.iterdir()):
-        raise ValueError(f"{root} is not empty and holds no {MANIFEST_NAME}: choose an empty folder for the "
-                         "synthetic forgery benchmark")
-    manifest.unlink(missing_ok=True)
+    if benchmark_is_current(manifest, wanted, "synthetic forgery benchmark"):
+        return root
     jobs = []
     for split, count in identities.items():
         shutil.rmtree(root / split, ignore_errors=True)
@@ -456,7 +447,5 @@ def write_forgery_benchmark(root, seed: int = 0, size: int = 128, frames_per_vid
             (root / split / cls).mkdir(parents=True, exist_ok=True)
         jobs += [(str(root), split, i, int(count), int(seed), int(size), int(frames_per_video)) for i in range(count)]
     map_in_processes(_write_person, jobs, workers, per_process=8, chunksize=4)
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, manifest)
+    _write_json(manifest, wanted)
     return root

@@ -270,11 +270,6 @@ def shard_jobs(out: Path, plan: dict, samples, keys) -> list[tuple]:
 # ----------------------------------------------------------------------------------------- run
 
 
-def _workers(requested: int) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, requested or cpus)
-
-
 def _run_jobs(jobs: list[tuple], workers: int, total: int, done: int) -> list[dict]:
     from tqdm import tqdm
 
@@ -362,7 +357,7 @@ def convert(args: argparse.Namespace) -> dict:
     print(f"make_shards: {len(samples)} samples -> {len(jobs)} shards of {plan['samples_per_shard']} in {out} "
           f"({len(jobs) - len(todo)} already finished)", file=sys.stderr)
     failed = []
-    for result in _run_jobs(todo, _workers(args.workers), len(samples), done):
+    for result in _run_jobs(todo, cli.workers_for(args.workers), len(samples), done):
         if "error" in result:
             failed.append(result)
         else:

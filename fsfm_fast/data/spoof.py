@@ -40,7 +40,7 @@ from PIL import Image
 
 from .fas import scale_saturation
 from .forgery import _blur, _save_png, _to_uint8, real_video
-from .synthetic import _read_manifest, _smooth_noise, _write_json
+from .synthetic import _smooth_noise, _write_json, benchmark_is_current
 
 ATTACKS = ("print", "replay")
 CLASS_FOLDERS = {"real": "real", "print": "spoof_print", "replay": "spoof_replay"}
@@ -256,12 +256,8 @@ def write_spoof_benchmark(root, seed: int = 0, size: int = 64, frames_per_video:
     wanted = {"generator": "fsfm_fast.data.spoof", "version": BENCHMARK_VERSION, "seed": int(seed), "size": int(size),
               "frames_per_video": int(frames_per_video), "identities": identities, "domains": list(domains)}
     manifest = root / MANIFEST_NAME
-    if _read_manifest(manifest) == wanted:
+    if benchmark_is_current(manifest, wanted, "synthetic anti-spoofing benchmark"):
         return root
-    if not manifest.is_file() and root.is_dir() and any(root.iterdir()):
-        raise ValueError(f"{root} is not empty and holds no {MANIFEST_NAME}: choose an empty folder for the "
-                         "synthetic anti-spoofing benchmark")
-    manifest.unlink(missing_ok=True)
     for domain in domains:
         shutil.rmtree(root / domain, ignore_errors=True)
         for split, count in identities.items():

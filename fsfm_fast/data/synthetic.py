@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..cli import available_cpus
+
 NUM_LABELS = 11
 (BACKGROUND, SKIN, LEFT_BROW, RIGHT_BROW, LEFT_EYE, RIGHT_EYE, NOSE,
  UPPER_LIP, INNER_MOUTH, LOWER_LIP, HAIR) = range(NUM_LABELS)
@@ -591,6 +593,19 @@ def _same_faces(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in ("generator", "version", "size", "seed"))
 
 
+def benchmark_is_current(manifest: Path, wanted: dict, what: str) -> bool:
+    """Whether a synthetic benchmark's folder already holds what ``wanted`` describes (its ``manifest``
+    says so); if not, the stale manifest is removed so that the caller rewrites the folder. A non-empty
+    folder without a manifest is someone else's: refused."""
+    if _read_manifest(manifest) == wanted:
+        return True
+    root = manifest.parent
+    if not manifest.is_file() and root.is_dir() and any(root.iterdir()):
+        raise ValueError(f"{root} is not empty and holds no {manifest.name}: choose an empty folder for the {what}")
+    manifest.unlink(missing_ok=True)
+    return False
+
+
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
@@ -612,8 +627,7 @@ def _check_foreign(root: Path) -> None:
 def map_in_processes(fn, jobs: list, workers: int | None = None, per_process: int = 32, chunksize: int = 16) -> None:
     """Call ``fn(job)`` for every job (results dropped), in up to ``workers`` processes (default: every
     available CPU) when there are at least ``per_process`` jobs for each, in this process otherwise."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n_proc = min(workers or cpus, max(len(jobs) // per_process, 1))
+    n_proc = min(workers or available_cpus(), max(len(jobs) // per_process, 1))
     if n_proc > 1:
         # fork starts workers without re-importing torch; elsewhere the platform default
         method = "fork" if "fork" in get_all_start_methods() else None

@@ -247,9 +247,7 @@ def check_settings(out: Path, plan: Plan) -> None:
         if old == wanted:
             return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(wanted, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _write_text_atomic(path, json.dumps(wanted, indent=1) + "\n")
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -286,12 +284,6 @@ def write_summary(out: Path, plan: Plan, inputs: list[Input], describe: dict) ->
 # ------------------------------------------------------------------------------ the run
 
 
-def _workers(requested: int) -> int:
-    if requested > 0:
-        return requested
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def run(plan: Plan, inputs: list[Input], *, workers: int = 0, num_shards: int = 1, shard_index: int = 0,
         describe: dict | None = None, farl: dict | None = None) -> dict:
     """Process this shard's share of ``inputs`` (skipping those already journaled), then the FaRL
@@ -305,7 +297,7 @@ def run(plan: Plan, inputs: list[Input], *, workers: int = 0, num_shards: int = 
     log = RunLog(out, enabled=True, tensorboard=False, total=len(mine), initial=len(mine) - len(todo))
     if len(todo) < len(mine):
         log.message(f"resuming: {len(mine) - len(todo)} of {len(mine)} inputs of this shard are done")
-    n_proc = min(_workers(workers), max(len(todo), 1))
+    n_proc = min(cli.workers_for(workers), max(len(todo), 1))
     start, frames, stopped = time.perf_counter(), 0, False
     with StopSignal() as stop, _open_journal(journal) as fh:
         for entry in _results(plan, todo, n_proc, stop):
