@@ -42,7 +42,6 @@ from .synthetic import (HAIR, LEFT_EYE, LOWER_LIP, RIGHT_EYE, SKIN, UPPER_LIP, _
 
 FORGERY_TYPES = ("face_swap", "reenactment", "upsampling", "rerender")
 TRAIN_TYPES = ("face_swap", "reenactment")  # what the default benchmark trains on
-UNSEEN_TYPES = ("upsampling", "rerender")  # what it only tests on
 VIDEO_KINDS = ("real",) + FORGERY_TYPES
 FAKE_PREFIX = "fake_"  # class folder of a type: fake_<type>, labelled fake by the folder-name rule
 MANIFEST_NAME = "forgery_manifest.json"

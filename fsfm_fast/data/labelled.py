@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..cli import UsageError
+from ..prepare.splits import FRAME_MARK, SPLITS  # the names prepare writes are the names read here
 from .faces import sample_key
 
 REAL, FAKE = 0, 1
@@ -36,8 +37,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 REAL_PATTERNS = ("real*", "*_real", "*-real", "youtube*", "original*")
 FAKE_PATTERNS = ("fake*", "*_fake", "*-fake", "deepfakes", "deepfakedetection", "face2face", "faceswap",
                  "neuraltextures", "faceshifter", "*synthesis*", "manipulated*", "spoof*", "attack*")
-FRAME_MARK = "_frame_"
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

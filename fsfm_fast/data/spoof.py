@@ -42,7 +42,6 @@ from .fas import scale_saturation
 from .forgery import _blur, _save_png, _to_uint8, real_video
 from .synthetic import _smooth_noise, _write_json, benchmark_is_current
 
-ATTACKS = ("print", "replay")
 CLASS_FOLDERS = {"real": "real", "print": "spoof_print", "replay": "spoof_replay"}
 MANIFEST_NAME = "spoof_manifest.json"
 BENCHMARK_VERSION = 1
@@ -230,10 +229,12 @@ def make_video(kind: str, domain: str, seed: int, person: int, n_frames: int, si
         scenes = [f.image for f in real_video(seed, person, n_frames, size)]
     else:
         shown = real_video(seed, person, n_frames, size, session=1)
-        attack = print_attack if kind == "print" else replay_attack
-        # a print is one still photo; a replay plays the recording; the attack's medium stays the same
-        scenes = [attack((shown[0] if kind == "print" else f).image, np.random.default_rng(key + [1])).scene
-                  for f in shown]
+        # the attack's medium stays the same over the video (one seed): a print is one still photo, made
+        # once; a replay plays the recording, frame by frame
+        if kind == "print":
+            scenes = [print_attack(shown[0].image, np.random.default_rng(key + [1])).scene] * len(shown)
+        else:
+            scenes = [replay_attack(f.image, np.random.default_rng(key + [1])).scene for f in shown]
     return [capture(scene, DOMAINS[domain], camera, np.random.default_rng(key + [2, t]))
             for t, scene in enumerate(scenes)]
 

@@ -25,7 +25,6 @@ from .runner import PARSERS, Plan, run
 from .splits import official_split, random_split, read_ffpp_splits, video_id
 
 PROG = "fsfm_fast.prepare"
-COMMANDS = ("frames", "faces", "parse", "pretrain-set", "finetune-set", "demo")
 DEMO_VIDEOS, DEMO_FRAMES = 6, 24  # 6 real and 3 face-swapped videos of 24 frames
 
 
