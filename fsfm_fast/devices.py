@@ -41,6 +41,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def fused(optimizer, params, **kwargs) -> torch.optim.Optimizer:
+    """``optimizer(params, **kwargs)`` with the fused kernel where this torch build has it for the device,
+    else the multi-tensor (foreach) one."""
+    try:
+        return optimizer(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return optimizer(params, foreach=True, **kwargs)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """A fresh autocast context for ``dtype`` (a no-op for fp32)."""
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()

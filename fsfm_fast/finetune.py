@@ -39,7 +39,7 @@ from .data.forgery import write_forgery_benchmark
 from .data.labelled import (LabelledImages, Sample, collate_labelled, count_labels, parse_class_map,
                             read_split_file, samples_from)
 from .data.sampler import EpochSampler, batches_per_epoch
-from .devices import autocast_dtype, device_type, resolve_device
+from .devices import autocast_dtype, device_type, fused, resolve_device
 from .distributed import DistInfo, barrier, process_group
 from .evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
 from .data.loaders import TrainData
@@ -563,14 +563,6 @@ def detector_checkpointing(model, config: DetectorConfig, encoder: PretrainedEnc
         load_trained_state(model, ckpt["model"], path)
 
     return record, restore
-
-
-def fused(optimizer, params, **kwargs) -> torch.optim.Optimizer:
-    """``optimizer(params, **kwargs)`` with the fused kernel where this torch build has it for the device."""
-    try:
-        return optimizer(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError):
-        return optimizer(params, foreach=True, **kwargs)
 
 
 def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:

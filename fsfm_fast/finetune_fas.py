@@ -57,11 +57,11 @@ from .data.fas import FASData, VAL_SPLIT_FILE, fas_train_transform, load_fas_dat
 from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map
 from .data.sampler import BalancedBatchSampler
 from .data.spoof import DEFAULT_TARGET, DOMAINS, write_spoof_benchmark
-from .devices import device_type
+from .devices import device_type, fused
 from .data.loaders import TrainData
 from .distributed import DistInfo, barrier, process_group
 from .evaluate import Scores, eval_transform, parse_tests, score_dataset
-from .finetune import (DetectionLoss, add_adapter_flags, detector_checkpointing, fused, load_encoder, normalisation,
+from .finetune import (DetectionLoss, add_adapter_flags, detector_checkpointing, load_encoder, normalisation,
                        parse_with_defaults, run_place, validator)
 from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainingParts
 from .metrics import fas_levels

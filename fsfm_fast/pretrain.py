@@ -24,7 +24,8 @@ from .checkpoint import CheckpointManager
 from .cli import UsageError
 from .data.loaders import build_train_data, cached_mean_std
 from .data.synthetic import write_synthetic_dataset
-from .distributed import DistInfo, any_rank_flags, barrier, cleanup, init_distributed
+from .devices import autocast, autocast_dtype, device_type, fused, resolve_device
+from .distributed import DistInfo, any_rank_flags, barrier, process_group
 from .models import TargetNetwork, create_online
 from .plots import final_pictures
 from .pretrain_args import check_paths, parse_args
@@ -46,21 +47,10 @@ LOSSES = ("loss", "loss_rec_all", "loss_rec_sfr", "loss_cl")
 
 
 def _device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = resolve_device(name, info)
     if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)  # kernels launched without a device guard run here too
     return device
-
-
-def _precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if name == "auto":
-        name = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def _data_roots(args: argparse.Namespace, info: DistInfo) -> list[Path]:
@@ -95,12 +85,8 @@ class DivergedError(UsageError, FloatingPointError):
 
 
 def train(args: argparse.Namespace) -> dict:
-    info = init_distributed("cuda" if args.device.startswith("cuda") or
-                            (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    try:
+    with process_group(device_type(args.device)) as info:
         return Pretrainer(args, info).run()
-    finally:
-        cleanup(info)
 
 
 class Pretrainer:
@@ -114,7 +100,7 @@ class Pretrainer:
     def __init__(self, args: argparse.Namespace, info: DistInfo):
         self.args, self.info = args, info
         self.device = _device(args.device, info)
-        self.amp_dtype = _precision(args.precision, self.device)
+        self.amp_dtype = autocast_dtype(args.precision, self.device)
         self.out_dir = Path(args.output_dir)
         say = print if info.is_main else (lambda text: None)
         if info.is_main:
@@ -182,8 +168,7 @@ class Pretrainer:
         if args.compile != "none":
             mode = None if args.compile == "default" else args.compile
             self.model, self.target_fwd = torch.compile(self.model, mode=mode), torch.compile(self.target, mode=mode)
-        self.autocast = (torch.autocast(device_type=device.type, dtype=self.amp_dtype)
-                         if self.amp_dtype is not None else nullcontext())
+        self.autocast = autocast(device, self.amp_dtype)
         num_patches = self.online.num_patches
         # K is known without looking at a mask: every mask hides exactly int(ratio * L) patches.
         self.num_keep = num_patches - ops.reference.num_masked(args.mask_ratio, num_patches)
@@ -430,10 +415,7 @@ class Pretrainer:
 def _optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
     # No weight decay on biases and norm weights (every 1-D parameter), as the recipe does.
     groups = param_groups_weight_decay(model, args.weight_decay)
-    try:  # the fused kernel is the fastest where this torch build has it for the device
-        return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), foreach=True)
+    return fused(torch.optim.AdamW, groups, lr=args.lr, betas=(0.9, 0.95))
 
 
 def main(argv: list[str] | None = None) -> int:
