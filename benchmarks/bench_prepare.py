@@ -189,7 +189,7 @@ def bench_pipeline(work: Path, quick: bool) -> list[dict]:
     main(["pretrain-set", "--input", str(source / "real"), "--out", str(out), "--num_frames", str(per_video)])
     t = time.perf_counter() - start
     faces = json.loads((out / "dataset.json").read_text())["outputs"]
-    processes = min(cli.available_cpus(), len(videos))  # the runner's pool: one process per input at most
+    processes = min(cli.available_cpus(), videos)  # the runner's pool: one process per input at most
     return [{"stage": "pipeline", "method": f"pretrain-set, {processes} processes (decode+detect+crop+parse+write)",
              "faces": faces, "faces_per_s": faces / t, "seconds": t}]
 
