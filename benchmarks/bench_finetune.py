@@ -140,13 +140,14 @@ def measure_tuning(args, device: torch.device, batch: int, tuning: str, warmup: 
     loss_fn = DetectionLoss(finetune_args(["--data_path", "unused"] + (["--adapter", "fs"] if adapter else [])))
     images = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, 2, (batch,), device=device)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no scaling
     saved = []
 
     def step():
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             loss = loss_fn(model, {"images": images, "labels": labels})
         loss.backward()
-        clipped_step(optimizer, torch.amp.GradScaler(device.type, enabled=False), 0.0)
+        clipped_step(optimizer, scaler, 0.0)
 
     speed = batch / _timed(step, device, warmup, steps)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}

@@ -48,11 +48,9 @@ TEST_SPLIT = "test"
 def eval_transform(config: DetectorConfig, resize: str | None = None):
     """``crop``: resize the shorter side to img_size / crop_pct (256 for 224), centre crop img_size;
     ``plain``: resize the whole image to img_size x img_size. Bicubic, then the detector's mean/std."""
-    resize = resize or config.eval_resize
-    crop = resize == "crop"
-    return create_transform(config.img_size, is_training=False, interpolation="bicubic",
-                            crop_pct=config.crop_pct if crop else 1.0, crop_mode="center" if crop else "squash",
-                            mean=tuple(config.mean), std=tuple(config.std))
+    crop_pct, crop_mode = config.eval_crop(resize)
+    return create_transform(config.img_size, is_training=False, interpolation="bicubic", crop_pct=crop_pct,
+                            crop_mode=crop_mode, mean=tuple(config.mean), std=tuple(config.std))
 
 
 @dataclass

@@ -175,13 +175,13 @@ def from_detector(obj: dict, path: Path) -> Exportable:
     """A detector checkpoint: a whole detector, or an FS-Adapter's trained parts on the frozen encoder
     the checkpoint names (read from that file and checked against its SHA-256)."""
     model, config = detector_from_checkpoint(obj, path)
-    crop = config.eval_resize == "crop"
+    crop_pct, crop_mode = config.eval_crop()
     selection = obj.get("selection") or {}
     adapter = obj.get("format") == ADAPTER_FORMAT
     item = Exportable(model.eval(), config.model, "fsfm_fast FS-Adapter checkpoint" if adapter else
                       "fsfm_fast detector checkpoint", tuple(config.mean), tuple(config.std),
-                      f"{path} (the detector's record)", crop_pct=config.crop_pct if crop else 1.0,
-                      crop_mode="center" if crop else "squash", labels=tuple(config.labels),
+                      f"{path} (the detector's record)", crop_pct=crop_pct,
+                      crop_mode=crop_mode, labels=tuple(config.labels),
                       notes={"selection": selection.get("description"), "iteration": obj.get("iteration"),
                              "train_classes": list(config.train_classes),
                              "encoder": (obj.get("encoder") or {}).get("path") if adapter else None})

@@ -265,6 +265,11 @@ class DetectorConfig:
             raise ValueError(f"head must be one of {HEADS} and adapter one of {ADAPTERS}, got {self.head!r}, "
                              f"{self.adapter!r}")
 
+    def eval_crop(self, resize: str | None = None) -> tuple[float, str]:
+        """timm's ``(crop_pct, crop_mode)`` of the evaluation resize (``resize``, default ``eval_resize``):
+        "crop" resizes to img_size / crop_pct and cuts the centre; "plain" squashes the whole image."""
+        return (self.crop_pct, "center") if (resize or self.eval_resize) == "crop" else (1.0, "squash")
+
     def build(self) -> VisionTransformer:
         return create_detector(self.model, self.num_classes, self.img_size, self.global_pool, self.drop_path_rate,
                                self.head, self.adapter, self.adapter_reduction)
