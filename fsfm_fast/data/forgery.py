@@ -367,9 +367,16 @@ def make_video(kind: str, seed: int, identity: int, n_frames: int, size: int = 1
     if kind not in VIDEO_KINDS:
         raise ValueError(f"kind must be one of {VIDEO_KINDS}, got {kind!r}")
     frames = real_video(seed, identity, n_frames, size)
+    donors = real_video(seed, identity + 1 if donor is None else donor, n_frames, size) if kind == "face_swap" else None
+    return manipulate(kind, frames, seed, identity, donors)
+
+
+def manipulate(kind: str, frames: list[Frame], seed: int, identity: int,
+               donors: list[Frame] | None = None) -> list[np.ndarray]:
+    """The frames of ``make_video`` from the real video's ``frames`` (and the donor's, for a face
+    swap), so that a caller making several kinds of one person renders the real video once."""
     if kind == "real":
         return [f.image for f in frames]
-    donors = real_video(seed, identity + 1 if donor is None else donor, n_frames, size) if kind == "face_swap" else None
     out = []
     for t, frame in enumerate(frames):
         rng = _kind_rng(seed, identity, kind)  # the same parameters for every frame of the video
@@ -406,12 +413,14 @@ def _write_person(job: tuple) -> int:
     donor = _SPLIT_OFFSET[split] + (index + 1) % count  # another person of the same split
     split_dir = Path(root) / split
     name = f"id{person:07d}"
-    for session in (0, 1):  # two real recordings; the fakes are made from the first
-        for t, img in enumerate(f.image for f in real_video(seed, person, n_frames, size, session)):
-            _save_png(img, split_dir / "real" / f"{name}_s{session}_frame_{t}.png")
+    recordings = [real_video(seed, person, n_frames, size, session) for session in (0, 1)]
+    for session, frames in enumerate(recordings):  # two real recordings; the fakes are made from the first
+        for t, frame in enumerate(frames):
+            _save_png(frame.image, split_dir / "real" / f"{name}_s{session}_frame_{t}.png")
+    donors = real_video(seed, donor, n_frames, size) if "face_swap" in SPLIT_TYPES[split] else None
     for kind in SPLIT_TYPES[split]:
         video = f"{name}_{donor:07d}" if kind == "face_swap" else name
-        for t, img in enumerate(make_video(kind, seed, person, n_frames, size, donor=donor)):
+        for t, img in enumerate(manipulate(kind, recordings[0], seed, person, donors)):
             _save_png(img, split_dir / f"{FAKE_PREFIX}{kind}" / f"{video}_frame_{t}.png")
     return index
 

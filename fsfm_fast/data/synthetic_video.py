@@ -155,16 +155,18 @@ def write_forgery_videos(root, people: int = 1, num_frames: int = 8, composite: 
     (``width`` x ``height``), as a camera would film a person; otherwise the video is the generator's
     frames themselves, drawn at ``size`` px. Returns ``(path, kind)`` pairs, kind "real" or a manipulation."""
     from ..prepare.video import write_video
-    from .forgery import VIDEO_KINDS, make_video, real_video
+    from .forgery import VIDEO_KINDS, manipulate, real_video
 
     root = Path(root)
     written = []
     for k in range(people):
         person = first_person + k
-        if composite:  # the fakes have the real frames' geometry: the real frames' labels cut them out
-            labels = [f.parsing for f in real_video(seed, person, num_frames, FACE_RENDER_SIZE)]
+        render = FACE_RENDER_SIZE if composite else size
+        real = real_video(seed, person, num_frames, render)  # every kind is made from these frames
+        donors = real_video(seed, person + 1, num_frames, render)  # make_video's default donor
+        labels = [f.parsing for f in real]  # the fakes have the real frames' geometry: these labels cut them out
         for kind in VIDEO_KINDS:
-            frames = make_video(kind, seed, person, num_frames, FACE_RENDER_SIZE if composite else size)
+            frames = manipulate(kind, real, seed, person, donors)
             if composite:
                 frames, _ = moving_face_frames(seed * 1000 + k, num_frames, width, height, faces=list(zip(frames, labels)))
             written.append((write_video(root / kind / f"{kind}_{k}.mp4", frames, fps), kind))
