@@ -263,10 +263,9 @@ def state_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any
 
 
 def load_state_dict_strict(module: torch.nn.Module, state: dict, path: str | os.PathLike, what: str) -> None:
-    """``load_state_dict(strict=True)`` whose failure is one line naming the file and the first keys."""
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = "; ".join(lines[1:4]) + (f"; and {len(lines) - 4} more" if len(lines) > 4 else "")
-        raise CheckpointError(f"checkpoint {path}: its {what} weights do not fit this network ({detail})") from None
+    """``load_state_dict(strict=True)`` whose failure is one line naming the file and the first keys
+    missing, unexpected or misshapen (``state_mismatch``)."""
+    problems = state_mismatch(module.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"checkpoint {path}: its {what} weights do not fit this network ({'; '.join(problems)})")
+    module.load_state_dict(state, strict=True)

@@ -96,6 +96,7 @@ def test_other_model_size_is_named_not_dumped(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_state_dict_strict(small, big.state_dict(), "y.pth", "online")
     assert "y.pth" in str(info.value) and "\n" not in str(info.value)
+    assert "wrong shapes: weight [5, 4] (model [3, 2]), bias [5] (model [3])" in str(info.value)
 
 
 def test_resumed_log_keeps_one_row_per_step(tmp_path):
