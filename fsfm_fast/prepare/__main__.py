@@ -266,11 +266,8 @@ def command_pretrain_set(args) -> dict:
 
 def command_finetune_set(args) -> dict:
     sources = args.sources
+    # several sources may feed one class, but not with the same file names (the runner refuses those)
     inputs = [x for name, path in sources for x in scan(path, label=name)]
-    seen = {}
-    for x in inputs:  # several sources may feed one class, but not with the same file names
-        if seen.setdefault(x.key, x.path) != x.path:
-            raise cli.UsageError(f"class {x.label}: {seen[x.key]} and {x.path} would both be named {x.stem}")
     splits = {"splits": str(args.splits.resolve()) if args.splits else
               {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}}
     plan = _plan(args, "finetune-set", "{split}/{label}", detect=True, parse=False, extra=splits)

@@ -4,15 +4,24 @@ An input is a video or an image found under a folder (recursively, sorted, hidde
 the bookkeeping files a prepare stage writes at the top of its output); any other file is still an
 input, so that it is listed in ``skipped.tsv`` rather than ignored. Its
 ``stem`` is its path relative to the folder, without extension, with ``/`` turned into ``__``, so that
-names stay unique in a flat output folder and a frame's video id (the name before ``_frame_``) names
-one video.
+a flat output folder keeps the folder structure readable and a frame's video id (the name before
+``_frame_``) names one video.
+
+That rule alone can give two inputs one name (``a/face.png`` and ``a/face.jpg``; ``a/face.png`` and
+``a__face.png``; an image ``v_frame_3.png`` beside a video ``v.mp4``), and then one would overwrite the
+other's outputs and be taken for done in the journal. Inputs whose names would clash each get
+``~`` and 8 hex digits of a hash of their relative path appended: unique, and the same on every run
+over the same files, so that a rerun resumes. A clash that remains (names that already end in such a
+tag, or one file name in two folders that feed one class) is an error naming both inputs (``check_unique``,
+which the runner calls before any work).
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .splits import FRAME_MARK
 from .video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -20,6 +29,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 MANIFEST, SKIPPED = "dataset.json", "skipped.tsv"
 BOOKKEEPING = (MANIFEST, SKIPPED, "log.jsonl")
 VIDEO, IMAGE, OTHER = "video", "image", "other"
+TAG_MARK = "~"
+
+
+class NameClash(ValueError):
+    """Two inputs whose outputs would have one name; the message names both files."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ def scan(folder, label: str = "", kinds: tuple[str, ...] = (VIDEO, IMAGE, OTHER)
         return [Input(folder, folder.stem, kind_of(folder), label)]
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such file or folder")
-    found = []
+    found, tags = [], {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
@@ -58,7 +72,35 @@ def scan(folder, label: str = "", kinds: tuple[str, ...] = (VIDEO, IMAGE, OTHER)
         kind = kind_of(path)
         if kind in kinds:
             found.append(Input(path, "__".join(rel.with_suffix("").parts), kind, label))
-    return found
+            tags[path] = hashlib.sha1(rel.as_posix().encode("utf-8")).hexdigest()[:8]
+    clashing = {x.path for pair in clashes(found) for x in pair}
+    return [replace(x, stem=f"{x.stem}{TAG_MARK}{tags[x.path]}") if x.path in clashing else x for x in found]
+
+
+def clashes(inputs: list[Input]) -> list[tuple[Input, Input]]:
+    """Pairs of inputs whose outputs would share a name: the same key, or an image named like a frame
+    (``<video>_frame_<i>``) of a video of the same class."""
+    first: dict[str, Input] = {}
+    videos = {x.key: x for x in inputs if x.kind == VIDEO}
+    pairs = []
+    for x in inputs:
+        if first.setdefault(x.key, x).path != x.path:  # one file given twice is still one input
+            pairs.append((first[x.key], x))
+        if x.kind == VIDEO or FRAME_MARK not in x.stem:
+            continue
+        head, _, index = x.stem.rpartition(FRAME_MARK)
+        video = videos.get(f"{x.label}/{head}" if x.label else head)
+        if index.isdigit() and video is not None:
+            pairs.append((video, x))
+    return pairs
+
+
+def check_unique(inputs: list[Input]) -> None:
+    """Raise NameClash naming the first two inputs whose outputs would share a name."""
+    for a, b in clashes(inputs):
+        where = f"class {a.label}: " if a.label else ""
+        raise NameClash(f"{where}{a.path} and {b.path} would write the same outputs ({a.stem} / {b.stem}); "
+                        "rename one of them")
 
 
 def shard_of(key: str, num_shards: int) -> int:

@@ -36,7 +36,7 @@ from .. import cli
 from ..run_log import RunLog
 from ..signals import StopSignal
 from .faces import CROP_SCALE, CROP_SIZE, box_in_crop, crop_face, crop_region, largest_face, make_detector
-from .inputs import IMAGE, MANIFEST, SKIPPED, VIDEO, Input, select_shard
+from .inputs import IMAGE, MANIFEST, SKIPPED, VIDEO, Input, NameClash, check_unique, select_shard
 from .splits import FRAME_MARK
 from .video import VideoError, sample_frames
 
@@ -289,6 +289,10 @@ def run(plan: Plan, inputs: list[Input], *, workers: int = 0, num_shards: int = 
     """Process this shard's share of ``inputs`` (skipping those already journaled), then the FaRL
     pass when asked, then rebuild ``skipped.tsv`` and ``dataset.json``; returns the manifest."""
     out = plan.out
+    try:  # two inputs with one output name would overwrite each other and share one journal entry
+        check_unique(inputs)
+    except NameClash as exc:
+        raise cli.UsageError(str(exc)) from None
     check_settings(out, plan)
     done = read_journals(out)
     mine = select_shard(inputs, num_shards, shard_index)
