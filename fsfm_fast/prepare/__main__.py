@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .. import cli
+from ..signals import StopSignal
 from .faces import CROP_SCALE, CROP_SIZE, DETECTORS
 from .inputs import IMAGE, MANIFEST, VIDEO, Input, scan
 from .runner import PARSERS, Plan, run
@@ -276,21 +277,37 @@ def command_finetune_set(args) -> dict:
 
 
 def command_demo(args) -> dict:
+    """The demo's three stages under one stop handler: a signal during any of them ends the demo there,
+    cleanly, instead of starting the next stage (whose result would then be missing)."""
+    with StopSignal() as stop:
+        manifest = _demo_stages(args, stop)
+    if stop.requested:  # (a stage that was stopped has said so itself)
+        print(f"stopped by a signal: {args.out} keeps what is done; run the same command again to go on")
+    return manifest
+
+
+def _demo_stages(args, stop: StopSignal) -> dict:
     from ..data.synthetic_video import write_synthetic_videos
     cli.ensure_writable_dir(args.out, "--out")
     start = time.perf_counter()
     videos = args.out / "videos"
     write_synthetic_videos(videos, num_videos=args.videos, num_fakes=max(args.videos // 2, 1), num_frames=DEMO_FRAMES)
+    if stop.requested:
+        return {"stopped": True}
     parser = get_args_parser()
     common = ["--workers", str(args.workers)]
     finetune = parser.parse_args(["finetune-set", "--input", str(videos), "--out", str(args.out / "finetune"),
                                   "--num_frames", "8", "--val_fraction", "0.2", "--test_fraction", "0.2"] + common)
     check_args(finetune)
-    command_finetune_set(finetune)
+    # each stage installs its own handler: a signal during a stage shows in its result, between stages in stop
+    if command_finetune_set(finetune).get("stopped") or stop.requested:
+        return {"stopped": True}
     pretrain = parser.parse_args(["pretrain-set", "--input", str(videos / "real"), "--out", str(args.out / "pretrain"),
                                   "--num_frames", "12", "--shards"] + common)
     check_args(pretrain)
     manifest = command_pretrain_set(pretrain)
+    if manifest.get("stopped") or stop.requested:
+        return {"stopped": True}
     print(f"demo done in {time.perf_counter() - start:.0f} s: synthetic videos in {videos}\n"
           f"  fine-tuning layout: {args.out / 'finetune'}/{{train,val,test}}/{{real,fake}}/\n"
           f"  pretraining faces:  {args.out / 'pretrain' / 'faces'} ({manifest.get('outputs')} faces, parser "

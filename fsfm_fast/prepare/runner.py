@@ -8,6 +8,10 @@ and skips the inputs they name, so a killed run resumes where it stopped; a half
 kill is ignored and its input redone. ``skipped.tsv`` and ``dataset.json`` are rebuilt from the
 journals at the end, so they list each input once however many times the run was interrupted.
 
+A stop signal (SIGTERM, Ctrl-C) ends the run at the next frame: the main process tells the workers
+through a shared event, each drops the input it is on (unjournaled, so a rerun redoes it), and the pool
+closes without waiting for whole inputs.
+
 A worker process that dies on an input (a decoder crashing on a damaged file) is replaced; the inputs
 it may have held are retried one at a time, and the one that kills its worker again is listed as
 skipped, so no input can stop or hang the run.
@@ -76,7 +80,13 @@ class Plan:
 _WORKER: dict = {}
 
 
-def _init_worker(plan: Plan, in_pool: bool) -> None:
+class Interrupted(Exception):
+    """A stop signal arrived while an input was being processed; the input is left for the rerun."""
+
+
+def _init_worker(plan: Plan, in_pool: bool, stopped=None) -> None:
+    """``stopped``: a callable that is true once the run should stop (the main process's event in a pool)."""
+    _WORKER["stopped"] = stopped or (lambda: False)
     if in_pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the group: the main process decides
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool ends its workers with SIGTERM
@@ -165,21 +175,28 @@ def run_item(item: Input) -> dict:
     Only a full, read-only or forbidden disk stops the run."""
     plan: Plan = _WORKER["plan"]
     entry = new_entry(item)
+    stopped = _WORKER["stopped"]
     try:
         if item.kind not in plan.accepts:
             wanted = " or ".join(f"an {k}" if k[0] in "aeiou" else f"a {k}" for k in plan.accepts)
             raise ValueError(f"not {wanted} (extension {item.path.suffix or 'none'!r})")
+        if stopped():  # queued before the stop: not worth starting
+            raise Interrupted(item.key)
         if "{split}" in plan.image_dir and not item.split:
             raise ValueError("not listed in any split file")
         frames = _frames_of(item, plan)
         entry["frames"] = len(frames)
         for name, image in frames:
+            if stopped():
+                raise Interrupted(item.key)
             try:
                 _one_frame(name, image, item, plan, entry)
             except Exception as exc:  # one bad frame costs that frame, not the rest of its video
                 if isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS:
                     raise
                 entry["skipped"].append([name, f"failed ({type(exc).__name__}: {exc})"])
+    except Interrupted:
+        raise
     except OSError as exc:
         if exc.errno in _FATAL_ERRNOS:
             raise OSError(exc.errno, cli.describe_os_error(exc)) from None
@@ -331,11 +348,15 @@ def _results(plan: Plan, todo: list[Input], n_proc: int, stop: StopSignal, work=
     dies (a decoder crashing on a damaged file), the inputs it may have held are rerun one at a time in
     a pool of their own, and the one that kills its worker again is listed as skipped."""
     if n_proc <= 1:
-        _init_worker(plan, in_pool=False)
+        _init_worker(plan, in_pool=False, stopped=lambda: stop.requested)
         for item in todo:
             if stop.requested:
                 return
-            yield work(item)
+            try:
+                entry = work(item)
+            except Interrupted:
+                return
+            yield entry
         return
     queue, suspects = list(reversed(todo)), []
     while (queue or suspects) and not stop.requested:
@@ -353,8 +374,10 @@ def _pool_pass(plan: Plan, batch: list[Input], n_proc: int, stop: StopSignal, wo
     when a worker died ([] when none did)."""
     # spawn, not fork: the parent may hold threads (FFmpeg's, OpenMP's) whose locks a forked child
     # would inherit locked; each worker builds its own detector
-    pool = ProcessPoolExecutor(n_proc, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(plan, True))
+    context = mp.get_context("spawn")
+    stopping = context.Event()
+    pool = ProcessPoolExecutor(n_proc, mp_context=context, initializer=_init_worker,
+                               initargs=(plan, True, stopping.is_set))
     in_flight: dict = {}
     try:
         while batch or in_flight:
@@ -363,6 +386,7 @@ def _pool_pass(plan: Plan, batch: list[Input], n_proc: int, stop: StopSignal, wo
                 in_flight[pool.submit(work, item)] = item
             finished, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
             if stop.requested:
+                stopping.set()  # the workers drop their inputs at the next frame
                 return []
             for future in finished:
                 try:
@@ -373,7 +397,7 @@ def _pool_pass(plan: Plan, batch: list[Input], n_proc: int, stop: StopSignal, wo
                 yield entry
         return []
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # running inputs finish; their results are dropped
+        pool.shutdown(wait=True, cancel_futures=True)  # queued inputs are cancelled; results are dropped
 
 
 def farl_pass(plan: Plan, weights, device: str = "cpu", batch_size: int = 16) -> None:
