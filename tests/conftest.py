@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from _signal_guard import stop_signals_reach_the_suite  # noqa: F401  (autouse: Ctrl-C always stops pytest)
 
 # Triton reads this when a kernel is defined, and fsfm_fast defines its kernels on first use,
 # so setting it here, before any test runs, is early enough.

@@ -19,9 +19,9 @@ from fsfm_fast.prepare.inputs import IMAGE, Input  # noqa: E402
 from fsfm_fast.prepare.runner import Plan, _results  # noqa: E402
 from fsfm_fast.signals import StopSignal  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
 import _stop_helpers  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _wait_for(predicate, proc=None, what="") -> None:
