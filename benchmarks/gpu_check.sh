@@ -12,24 +12,51 @@
 # --dry-run runs on a CPU: each tool a step needs is looked up and its flags parsed (pip, pytest's
 # collection, compute-sanitizer when installed), the self-check runs on the CPU, and the benchmarks
 # run their --quick modes, which pick tiny shapes without a GPU. CI runs it (tests/test_gpu_check.py)
-# so this script cannot rot while no GPU is at hand. PYTHON selects the interpreter (default: python).
+# so this script cannot rot while no GPU is at hand. A dry run has no time limits unless --budget is
+# given: the timeouts are sized for a GPU, and a busy CPU is not a failure.
+#
+# The interpreter: $PYTHON when set, else the repository's .venv/bin/python, else python3 or python
+# from PATH, the first that imports torch; none that does is a one-line error (exit 2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY=0
-BUDGET=450
+BUDGET=
 OUT_DIR="${OUT:-gpu_check_out}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
-    --budget) BUDGET="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --budget) BUDGET="${2:-}"; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
     *) OUT_DIR="$1" ;;
   esac
   shift
 done
-PY="${PYTHON:-python}"
+if [ -z "$BUDGET" ] && [ "$DRY" = 0 ]; then BUDGET=450; fi
+if [ -n "$BUDGET" ] && ! [[ "$BUDGET" =~ ^[0-9]+$ ]]; then
+  echo "gpu_check.sh: --budget takes whole seconds, got '$BUDGET'" >&2; exit 2
+fi
+
+# find_python: the interpreter fsfm_fast was installed with. Without one that imports torch, every step
+# after the first would fail with "No module named torch", so that is said once, here.
+imports_torch() { "$1" -c "import torch" > /dev/null 2>&1; }
+find_python() {
+  if [ -n "${PYTHON:-}" ]; then
+    local why
+    why="$("$PYTHON" -c "import torch" 2>&1 | tail -n 1)" && { echo "$PYTHON"; return; }
+    echo "gpu_check.sh: PYTHON=$PYTHON cannot import torch (${why:-not runnable}); set PYTHON to the interpreter fsfm_fast is installed in" >&2
+    return 1
+  fi
+  local candidate
+  for candidate in "$PWD/.venv/bin/python" "$(command -v python3)" "$(command -v python)"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && imports_torch "$candidate"; then echo "$candidate"; return; fi
+  done
+  echo "gpu_check.sh: no interpreter here imports torch (tried .venv/bin/python, python3, python); set PYTHON to the one fsfm_fast is installed in" >&2
+  return 1
+}
+PY="$(find_python)" || exit 2
+echo "gpu_check: $PY, torch $("$PY" -c "import torch; print(torch.__version__)")"
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 SUMMARY="$OUT_DIR/summary.tsv"
@@ -39,18 +66,23 @@ NOT_RUN=75  # a step's command exits with this, its reason as the last line, whe
 FAILED=0
 
 # step NAME TIMEOUT COMMAND...: run COMMAND with its output in OUT_DIR/NAME.log, record one line.
+# A dry run gives the command no time limit (TIMEOUT is a GPU's), and skips steps only for an explicit --budget.
 step() {
   local name="$1" limit="$2"
   shift 2
-  local left=$(( BUDGET - ($(date +%s) - START) ))
   local cmd="$*"
-  if [ "$left" -lt 15 ]; then
-    record "$name" "NOT RUN" 0 "out of time: ${left} s of the ${BUDGET} s budget left" "$cmd"
-    return
+  if [ -n "$BUDGET" ]; then
+    local left=$(( BUDGET - ($(date +%s) - START) ))
+    if [ "$left" -lt 15 ]; then
+      record "$name" "NOT RUN" 0 "out of time: ${left} s of the ${BUDGET} s budget left" "$cmd"
+      return
+    fi
+    [ "$limit" -gt "$left" ] && limit="$left"
   fi
-  [ "$limit" -gt "$left" ] && limit="$left"
   local t0=$(date +%s)
-  timeout --kill-after=10 "$limit" bash -o pipefail -c '"$@"' "$name" "$@" > "$OUT_DIR/$name.log" 2>&1
+  local bounded=(timeout --kill-after=10 "$limit")
+  [ "$DRY" = 1 ] && bounded=()
+  ${bounded[@]+"${bounded[@]}"} bash -o pipefail -c '"$@"' "$name" "$@" > "$OUT_DIR/$name.log" 2>&1
   local rc=$? seconds=$(( $(date +%s) - t0 ))
   local last
   last="$(tail -n 1 "$OUT_DIR/$name.log" | tr '\t' ' ' | cut -c1-200)"
@@ -146,7 +178,7 @@ step bench_prepare  60 "$PY" benchmarks/bench_prepare.py --quick --json "$OUT_DI
 step bench_finetune 60 "$PY" benchmarks/bench_finetune.py --quick --json "$OUT_DIR/bench_finetune.json"
 # The other verbs' quick benchmarks go here, one `step` line each, before the results;
 # gpu_results.py puts every bench_*.json it finds in OUT_DIR into the table.
-BUDGET=$(( BUDGET + 15 ))  # the table is always made, whatever is left
+[ -n "$BUDGET" ] && BUDGET=$(( BUDGET + 15 ))  # the table is always made, whatever is left
 step results        15 results
 
 echo "gpu_check: $(( $(date +%s) - START )) s; summary in $SUMMARY"

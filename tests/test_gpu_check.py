@@ -20,8 +20,10 @@ def test_dry_run_passes_every_step(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out),
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # the dry run has no time limits of its own (a busy CI machine is not a failure); this one only
+    # guards against a hang
     run = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stdout + run.stderr
     steps = list(csv.DictReader((out / "summary.tsv").open(), delimiter="\t"))
     assert [s["step"] for s in steps] == STEPS
@@ -49,3 +51,57 @@ def test_steps_past_the_budget_are_reported_not_run(tmp_path):
     steps = {s["step"]: s for s in csv.DictReader((out / "summary.tsv").open(), delimiter="\t")}
     assert all(steps[name]["status"] == "NOT RUN" and "out of time" in steps[name]["note"] for name in STEPS[:-1])
     assert steps["results"]["status"] == "PASS" and (out / "results.md").is_file()  # the table is always made
+
+
+def _fake_python(folder: Path, name: str, imports_torch: bool) -> Path:
+    """An executable called ``name``: this test's interpreter, or one in which torch is missing."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    if imports_torch:
+        path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    else:
+        path.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n")
+    path.chmod(0o755)
+    return path
+
+
+def _check(tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--budget", "5",
+                           str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the GPU machines run Linux (bash, timeout)")
+def test_a_python_without_torch_is_a_one_line_error(tmp_path):
+    bare = _fake_python(tmp_path / "bin", "python", imports_torch=False)
+    run = _check(tmp_path, {**os.environ, "PYTHON": str(bare)})
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stdout + run.stderr
+    assert f"PYTHON={bare} cannot import torch (ModuleNotFoundError" in run.stderr
+    assert not (tmp_path / "out").exists()  # said before any step
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the GPU machines run Linux (bash, timeout)")
+def test_without_PYTHON_an_interpreter_with_torch_is_found(tmp_path):
+    """`python` on PATH lacks torch (the venv is not active): the script does not use it."""
+    bin_dir = tmp_path / "bin"
+    _fake_python(bin_dir, "python", imports_torch=False)
+    good = _fake_python(bin_dir, "python3", imports_torch=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    run = _check(tmp_path, env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    chosen = run.stdout.splitlines()[0]
+    venv = REPO / ".venv" / "bin" / "python"  # the repository's own environment comes first where there is one
+    assert chosen.startswith(f"gpu_check: {venv if venv.is_file() else good}, torch "), chosen
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the GPU machines run Linux (bash, timeout)")
+@pytest.mark.skipif((REPO / ".venv" / "bin" / "python").is_file(), reason="the repository's .venv would be found")
+def test_no_interpreter_with_torch_is_a_one_line_error(tmp_path):
+    bin_dir = tmp_path / "bin"
+    for name in ("python", "python3"):
+        _fake_python(bin_dir, name, imports_torch=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    run = _check(tmp_path, env)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stdout + run.stderr
+    assert "no interpreter here imports torch" in run.stderr and "set PYTHON" in run.stderr
