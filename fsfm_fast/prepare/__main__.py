@@ -45,7 +45,10 @@ def _common(p, *, detect: bool, parse: bool, frames: bool) -> None:
     if parse:
         p.add_argument("--parser", choices=PARSERS, default="landmark",
                        help="landmark: dlib 68 points -> LaPa-11 polygons (offline default); farl: FaRL's LaPa parser")
-        p.add_argument("--parser_weights", type=Path, default=None, help="FaRL LaPa TorchScript file (--parser farl)")
+        p.add_argument("--parser_weights", type=Path, default=None,
+                       help="FaRL LaPa TorchScript file (--parser farl). A TorchScript file is a program, not "
+                            "data: loading it runs the code inside with your permissions, so use only a file "
+                            "you trust as you would any program")
         p.add_argument("--device", default="auto", help="device of the FaRL parser (auto: cuda when there is one)")
         p.add_argument("--batch_size", type=int, default=16, help="faces per FaRL batch")
 

@@ -7,7 +7,8 @@ stay visible), runs the network on RGB in [0, 1], and samples the logits back in
 image through the inverse warp; the label is the arg-max. Its 11 classes are LaPa's, in our order.
 
 The weights file is loaded with ``torch.jit.load``: no package is imported that could download
-anything. The network must take ``[B, 3, 448, 448]`` float and return the logits ``[B, 11, 448, 448]``
+anything. A TorchScript file is a program, not data (``weights_only`` does not apply to it): loading
+and running it executes the code it holds, so it is to be trusted as any program is. The network must take ``[B, 3, 448, 448]`` float and return the logits ``[B, 11, 448, 448]``
 or a tuple whose first item they are (the released file returns ``(logits, features)``).
 """
 from __future__ import annotations
