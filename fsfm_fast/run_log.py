@@ -20,7 +20,7 @@ class RunLog:
     """
 
     def __init__(self, output_dir: str | Path, *, enabled: bool, tensorboard: bool = True,
-                 total: int = 0, initial: int = 0):
+                 total: int = 0, initial: int = 0, desc: str | None = None, unit: str = "it"):
         self.enabled = enabled
         self.path = Path(output_dir) / "log.jsonl"
         self.skipped_path = Path(output_dir) / "skipped.tsv"
@@ -35,7 +35,7 @@ class RunLog:
                 self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
             except ImportError:  # tensorboard is optional at run time
                 self._tb = None
-        self._bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, smoothing=0.1)
+        self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.1)
 
     def record(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:

@@ -354,8 +354,9 @@ def convert(args: argparse.Namespace) -> dict:
     finished = {job[1]: read_finished(out, job[1]) for job in jobs}
     todo = [job for job in jobs if finished[job[1]] is None]
     done = sum(len(job[2]) for job in jobs if finished[job[1]] is not None)
-    print(f"make_shards: {len(samples)} samples -> {len(jobs)} shards of {plan['samples_per_shard']} in {out} "
-          f"({len(jobs) - len(todo)} already finished)", file=sys.stderr)
+    print(f"make_shards: {len(samples)} samples -> {len(jobs)} shard{'s' if len(jobs) != 1 else ''} of up to "
+          f"{plan['samples_per_shard']} samples each in {out} ({len(jobs) - len(todo)} already finished)",
+          file=sys.stderr)
     failed = []
     for result in _run_jobs(todo, cli.workers_for(args.workers), len(samples), done):
         if "error" in result:

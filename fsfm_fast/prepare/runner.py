@@ -315,7 +315,9 @@ def run(plan: Plan, inputs: list[Input], *, workers: int = 0, num_shards: int = 
     mine = select_shard(inputs, num_shards, shard_index)
     todo = [x for x in mine if x.key not in done]
     journal = out / STATE_DIR / f"journal-{shard_index:05d}-of-{num_shards:05d}.jsonl"
-    log = RunLog(out, enabled=True, tensorboard=False, total=len(mine), initial=len(mine) - len(todo))
+    # labelled: a demo shows one bar per stage
+    log = RunLog(out, enabled=True, tensorboard=False, total=len(mine), initial=len(mine) - len(todo),
+                 desc=f"prepare {plan.stage}", unit="input")
     if len(todo) < len(mine):
         log.message(f"resuming: {len(mine) - len(todo)} of {len(mine)} inputs of this shard are done")
     n_proc = min(cli.workers_for(workers), max(len(todo), 1))
