@@ -10,7 +10,9 @@
 
 Every command resumes when run again with the same arguments, splits its inputs with
 ``--num_shards N --shard_index I``, and lists what it could not use in ``<out>/skipped.tsv``;
-``<out>/dataset.json`` names the detector and parser that made the data.
+``<out>/dataset.json`` names the detector and parser that made the data. Output names follow each
+input's path below ``--input`` (``a/b.mp4`` -> ``a__b_frame_<i>.png``); inputs whose names would clash
+(``b.png`` beside ``b.jpg``) get ``~`` and a hash of their path appended (``prepare.inputs``).
 """
 from __future__ import annotations
 
