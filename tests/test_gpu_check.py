@@ -105,3 +105,22 @@ def test_no_interpreter_with_torch_is_a_one_line_error(tmp_path):
     run = _check(tmp_path, env)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stdout + run.stderr
     assert "no interpreter here imports torch" in run.stderr and "set PYTHON" in run.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the GPU machines run Linux (bash, timeout)")
+def test_a_dry_run_puts_no_time_limit_on_its_steps(tmp_path):
+    """The step timeouts are sized for a GPU; on a busy CPU they would fail steps that are only slow, so a
+    dry run does not run its steps under `timeout` at all (a `timeout` here records its use and fails)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "timeout_used"
+    (bin_dir / "timeout").write_text(f'#!/bin/sh\necho "$@" >> "{marker}"\nexit 1\n')
+    (bin_dir / "timeout").chmod(0o755)
+    env = {**os.environ, "PYTHON": sys.executable, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # the budget lets the first step start and stops the rest, so that this test stays short
+    run = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--budget", "16",
+                          str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    steps = {s["step"]: s for s in csv.DictReader((tmp_path / "out" / "summary.tsv").open(), delimiter="\t")}
+    assert steps["environment"]["status"] == "PASS", steps["environment"]
+    assert not marker.exists(), marker.read_text()
