@@ -388,7 +388,6 @@ def _pool_pass(plan: Plan, batch: list[Input], n_proc: int, stop: StopSignal, wo
                 in_flight[pool.submit(work, item)] = item
             finished, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
             if stop.requested:
-                stopping.set()  # the workers drop their inputs at the next frame
                 return []
             for future in finished:
                 try:
@@ -399,7 +398,10 @@ def _pool_pass(plan: Plan, batch: list[Input], n_proc: int, stop: StopSignal, wo
                 yield entry
         return []
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # queued inputs are cancelled; results are dropped
+        # leaving early (a stop, a full disk): the workers drop their inputs at the next frame, queued
+        # inputs are cancelled, and their results are dropped; after a whole pass nothing is running
+        stopping.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def farl_pass(plan: Plan, weights, device: str = "cpu", batch_size: int = 16) -> None:
