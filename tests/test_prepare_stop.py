@@ -40,7 +40,7 @@ def _journaled(out: Path) -> bool:
 def test_demo_stops_cleanly_in_either_stage(tmp_path, stage):
     """SIGTERM to the whole process group (as SLURM and `timeout` send it) while a stage's pool works."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "fsfm_fast.prepare", "demo", "--out", str(out), "--workers", "2"]
+    cmd = [sys.executable, "-m", "fsfm_fast.prepare", "demo", "--out", str(out), "--workers", "2", "--videos", "3"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
