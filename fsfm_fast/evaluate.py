@@ -30,13 +30,13 @@ from sklearn.metrics import roc_curve
 from timm.data import create_transform
 from torch.utils.data import DataLoader
 
-from . import cli
+from .runtime import cli
 from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map, samples_from
-from .devices import autocast, autocast_dtype, device_type, resolve_device
-from .distributed import DistInfo, barrier, gather_objects, gather_rows, process_group
+from .runtime.devices import autocast, autocast_dtype, device_type, resolve_device
+from .runtime.distributed import DistInfo, barrier, gather_objects, gather_rows, process_group
 from .metrics import METRIC_KEYS, frame_metrics, video_metrics
 from .models.detector import DetectorConfig, load_detector
-from .signals import ignore_stop_signals, shutdown_workers, stop_signals_held
+from .runtime.signals import ignore_stop_signals, shutdown_workers, stop_signals_held
 
 TEST_SPLIT = "test"
 
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     tests = parse_tests(args.test)
     if args.checkpoint is None and not tests:
-        from .finetune import demo_evaluation  # the demo's paths belong to the fine-tuning verb
+        from .finetune.deepfake import demo_evaluation  # the demo's paths belong to the fine-tuning verb
         args.checkpoint, tests = demo_evaluation()
     elif args.checkpoint is None or not tests:
         raise cli.UsageError("give both --checkpoint and at least one --test NAME=PATH (or neither, for the demo)")

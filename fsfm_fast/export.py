@@ -46,8 +46,8 @@ import timm
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from . import cli
-from .checkpoint import CheckpointError, CheckpointManager, state_mismatch
+from .runtime import cli
+from .engine.checkpoint import CheckpointError, CheckpointManager, state_mismatch
 from .models import MODEL_CONFIGS, create_online, create_target
 from .models.detector import (ADAPTER_FORMAT, DETECTOR_FORMAT, PRETRAIN_FORMAT, _find_mean_std, _recorded_model,
                               detector_from_checkpoint, read_mean_std, read_weights)
@@ -358,7 +358,7 @@ def get_args_parser():
 
 def demo_checkpoint() -> Path:
     """The demo detector of fsfm_fast.finetune, else the newest demo pretraining checkpoint."""
-    from .finetune import BEST, DEMO_OUTPUT_DIR, DEMO_PRETRAIN_DIR
+    from .finetune.deepfake import BEST, DEMO_OUTPUT_DIR, DEMO_PRETRAIN_DIR
     detector = Path(DEMO_OUTPUT_DIR) / f"checkpoint-{BEST}.pth"
     if detector.is_file():
         return detector

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..cli import UsageError
+from ..runtime.cli import UsageError
 from ..prepare.splits import FRAME_MARK, SPLITS  # the names prepare writes are the names read here
 from .faces import sample_key
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..signals import ignore_stop_signals
+from ..runtime.signals import ignore_stop_signals
 from .faces import collate_faces, sample_key
 from .folder import FaceParsingFolder, compute_mean_std, pixel_mean_std
 from .sampler import EpochSampler

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import cli
-from ..cli import UsageError
+from ..runtime import cli
+from ..runtime.cli import UsageError
 from .faces import NUM_LABELS, parsing_map_problem
 from .folder import as_roots, scan_reference_layout
 from .shards import FORMAT, MANIFEST_NAME, MAP_EXT, format_index

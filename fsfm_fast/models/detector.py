@@ -32,7 +32,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, preview, safe_load
+from fsfm_fast.engine.checkpoint import CheckpointError, load_state_dict_strict, preview, safe_load
 from fsfm_fast.models import timm_models  # registers the FSFM names with timm
 from fsfm_fast.models.configs import get_config
 from fsfm_fast.models.heads import ADAPTERS, HEADS, build_head
@@ -214,7 +214,7 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -
 
 
 def _find_mean_std(path: Path, obj: dict) -> tuple[tuple[list[float], list[float]] | None, str | None]:
-    from fsfm_fast.pretrain import MEAN_STD_FILE  # here: pretrain imports this package
+    from fsfm_fast.pretrain.task import MEAN_STD_FILE  # here: pretrain imports this package
     beside = path.parent / MEAN_STD_FILE
     if beside.is_file():
         return read_mean_std(beside), str(beside)

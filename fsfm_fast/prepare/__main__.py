@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import cli
+from ..runtime import cli
 from .faces import CROP_SCALE, CROP_SIZE, DETECTORS
 from .inputs import IMAGE, MANIFEST, VIDEO, Input, scan
 from .runner import PARSERS, Plan, run

@@ -9,10 +9,17 @@ from pathlib import Path
 
 import torch
 
-from . import cli
-from .cli import UsageError
-from .data.loaders import LOADERS, detect_layout
-from .models import REP_POS_EMBEDS, get_config, list_models
+from ..runtime import cli
+from ..runtime.cli import UsageError
+from ..data.loaders import LOADERS, detect_layout
+from ..models import REP_POS_EMBEDS, get_config, list_models
+
+DESCRIPTION = """FSFM-3C self-supervised pretraining: ``python -m fsfm_fast.pretrain``.
+
+With no ``--data_path`` it pretrains a tiny model on an embedded synthetic face set, on whatever device
+is there; with reference-layout folders or shard folders it runs the paper's recipe, on one GPU or many
+through ``torchrun``. Flag names follow the reference implementation's ``main_pretrain.py``.
+"""
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
@@ -33,8 +40,7 @@ DEMO_DEFAULTS = {
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from . import pretrain  # the verb's own description, for -h
-    p = cli.argument_parser("fsfm_fast.pretrain", pretrain.__doc__)
+    p = cli.argument_parser("fsfm_fast.pretrain", DESCRIPTION)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="fsfm_vit_base_patch16", choices=list_models())
     g.add_argument("--input_size", default=224, type=int)

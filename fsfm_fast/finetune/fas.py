@@ -51,24 +51,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import cli
-from .checkpoint import plain_args, safe_load
-from .data.fas import FASData, VAL_SPLIT_FILE, fas_train_transform, load_fas_data, write_split
-from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map
-from .data.sampler import BalancedBatchSampler
-from .data.spoof import DEFAULT_TARGET, DOMAINS, write_spoof_benchmark
-from .devices import device_type, fused
-from .data.loaders import TrainData
-from .distributed import DistInfo, barrier, process_group
-from .evaluate import Scores, eval_transform, parse_tests, score_dataset
-from .finetune import (DetectionLoss, add_adapter_flags, detector_checkpointing, load_encoder, normalisation,
+from ..runtime import cli
+from ..engine.checkpoint import plain_args, safe_load
+from ..data.fas import FASData, VAL_SPLIT_FILE, fas_train_transform, load_fas_data, write_split
+from ..data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map
+from ..data.sampler import BalancedBatchSampler
+from ..data.spoof import DEFAULT_TARGET, DOMAINS, write_spoof_benchmark
+from ..runtime.devices import device_type, fused
+from ..data.loaders import TrainData
+from ..runtime.distributed import DistInfo, barrier, process_group
+from ..evaluate import Scores, eval_transform, parse_tests, score_dataset
+from .deepfake import (DetectionLoss, add_adapter_flags, detector_checkpointing, load_encoder, normalisation,
                        parse_with_defaults, run_place, validator)
-from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainingParts
-from .metrics import fas_levels
-from .models import list_models
-from .models.detector import DetectorConfig
-from .run_log import RunLog
-from .signals import ignore_stop_signals
+from ..engine.trainer import FinetuneEngine, RunSettings, Selection, TrainingParts
+from ..metrics import fas_levels
+from ..models import list_models
+from ..models.detector import DetectorConfig
+from ..engine.run_log import RunLog
+from ..runtime.signals import ignore_stop_signals
 
 EVALUATIONS = {
     "honest": "honest: checkpoint and threshold chosen on held-out source data",
@@ -435,6 +435,3 @@ def main(argv: list[str] | None = None) -> int:
         train(args, info)  # None: stopped by a signal, after saving; --resume auto continues
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.finetune_fas"))

@@ -39,12 +39,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint
 from .checkpoint import CheckpointManager, save_atomic
-from .cli import UsageError
-from .data.loaders import TrainData
-from .devices import autocast
-from .distributed import DistInfo, any_rank_flags, barrier, mean_across
+from ..runtime.cli import UsageError
+from ..data.loaders import TrainData
+from ..runtime.devices import autocast
+from ..runtime.distributed import DistInfo, any_rank_flags, barrier, mean_across
 from .run_log import RunLog
-from .signals import StopSignal, stop_signals_held
+from ..runtime.signals import StopSignal, stop_signals_held
 
 
 @dataclass(frozen=True)

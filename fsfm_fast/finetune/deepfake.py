@@ -33,26 +33,26 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader
 
-from . import cli
-from .checkpoint import CheckpointError, CheckpointManager, load_state_dict_strict, plain_args
-from .data.forgery import write_forgery_benchmark
-from .data.labelled import (LabelledImages, Sample, collate_labelled, count_labels, parse_class_map,
+from ..runtime import cli
+from ..engine.checkpoint import CheckpointError, CheckpointManager, load_state_dict_strict, plain_args
+from ..data.forgery import write_forgery_benchmark
+from ..data.labelled import (LabelledImages, Sample, collate_labelled, count_labels, parse_class_map,
                             read_split_file, samples_from)
-from .data.sampler import EpochSampler, batches_per_epoch
-from .devices import autocast_dtype, device_type, fused, resolve_device
-from .distributed import DistInfo, barrier, process_group
-from .evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
-from .data.loaders import TrainData
-from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainingParts, write_json
-from .metrics import SingleClassWarning, frame_metrics
-from .models import list_models
-from .models.adapter import (encoder_reference, freeze_encoder, load_trained_state, real_anchored_contrastive,
+from ..data.sampler import EpochSampler, batches_per_epoch
+from ..runtime.devices import autocast_dtype, device_type, fused, resolve_device
+from ..runtime.distributed import DistInfo, barrier, process_group
+from ..evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
+from ..data.loaders import TrainData
+from ..engine.trainer import FinetuneEngine, RunSettings, Selection, TrainingParts, write_json
+from ..metrics import SingleClassWarning, frame_metrics
+from ..models import list_models
+from ..models.adapter import (encoder_reference, freeze_encoder, load_trained_state, real_anchored_contrastive,
                              trained_state)
-from .models.detector import (ADAPTER_FORMAT, DETECTOR_FORMAT, DetectorConfig, PretrainedEncoder, detector_config,
+from ..models.detector import (ADAPTER_FORMAT, DETECTOR_FORMAT, DetectorConfig, PretrainedEncoder, detector_config,
                               load_pretrained_encoder)
-from .run_log import RunLog
-from .schedules import cosine_lr
-from .signals import ignore_stop_signals
+from ..engine.run_log import RunLog
+from ..engine.schedules import cosine_lr
+from ..runtime.signals import ignore_stop_signals
 
 DEMO_OUTPUT_DIR = "output_demo_finetune"  # the default run's folder; its detector: checkpoint-best.pth
 DEMO_PRETRAIN_DIR = "output_demo"  # where the default pretraining run leaves its checkpoints
@@ -341,7 +341,7 @@ def resolve_pretrained(args, say=print) -> str:
 
 def normalisation(args, encoder) -> tuple[list[float], list[float], str]:
     """(mean, std, where they come from): ImageNet's on request, else the pretraining set's (SPEC section 5)."""
-    from .models.detector import read_mean_std
+    from ..models.detector import read_mean_std
     if args.normalize_from_IMN:
         return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD), "ImageNet (--normalize_from_IMN)"
     if args.mean_std:
@@ -586,6 +586,3 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(parse_args(argv))
     return 0 if summary["iteration"] or summary["stopped_by_signal"] else 1
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.finetune"))

@@ -1,9 +1,4 @@
-"""FSFM-3C self-supervised pretraining: ``python -m fsfm_fast.pretrain``.
-
-With no ``--data_path`` it pretrains a tiny model on an embedded synthetic face set, on whatever device
-is there; with reference-layout folders or shard folders it runs the paper's recipe, on one GPU or many
-through ``torchrun``. Flag names follow the reference implementation's ``main_pretrain.py``.
-"""
+"""The pretraining run: data, online and target networks, the step (masks, losses, EMA), checkpoints."""
 from __future__ import annotations
 
 import argparse
@@ -19,20 +14,22 @@ import torch.distributed as dist
 from timm.optim import param_groups_weight_decay
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, cli, ops
-from .checkpoint import CheckpointManager
-from .cli import UsageError
-from .data.loaders import build_train_data, cached_mean_std
-from .data.synthetic import write_synthetic_dataset
-from .devices import autocast, autocast_dtype, device_type, fused, resolve_device
-from .distributed import DistInfo, any_rank_flags, barrier, process_group
-from .models import TargetNetwork, create_online
-from .plots import final_pictures
-from .pretrain_args import check_paths, parse_args
-from .run_log import RunLog
-from .schedules import cosine_lr, ema_momentum
-from .signals import StopSignal, stop_signals_held
-from .step_stats import StepStats
+from .. import ops
+from ..engine import checkpoint
+from ..runtime import cli
+from ..engine.checkpoint import CheckpointManager
+from ..runtime.cli import UsageError
+from ..data.loaders import build_train_data, cached_mean_std
+from ..data.synthetic import write_synthetic_dataset
+from ..runtime.devices import autocast, autocast_dtype, device_type, fused, resolve_device
+from ..runtime.distributed import DistInfo, any_rank_flags, barrier, process_group
+from ..models import TargetNetwork, create_online
+from ..plots import final_pictures
+from .args import check_paths, parse_args
+from ..engine.run_log import RunLog
+from ..engine.schedules import cosine_lr, ema_momentum
+from ..runtime.signals import StopSignal, stop_signals_held
+from ..engine.step_stats import StepStats
 
 MEAN_STD_FILE = "pretrain_ds_mean_std.txt"
 SELFCHECK_FILE = "selfcheck.json"
@@ -423,6 +420,3 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(args)
     return 0 if summary["iteration"] > 0 or summary["stopped_by_signal"] else 1
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.pretrain"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .cli import UsageError, describe_os_error
+from ..runtime.cli import UsageError, describe_os_error
 
 # The reference release pickles its argparse.Namespace next to the weights; that is the only
 # non-tensor class its checkpoints need, so it is the only one we allow the unpickler to build.
