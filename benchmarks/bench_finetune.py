@@ -39,8 +39,10 @@ from timm.optim import param_groups_layer_decay
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fsfm_fast.finetune import DetectionLoss, _adamw, parse_args as finetune_args  # noqa: E402
 from fsfm_fast.finetune_engine import clipped_step  # noqa: E402
+
+from fsfm_fast.finetune import DetectionLoss, _adamw  # noqa: E402
+from fsfm_fast.finetune import parse_args as finetune_args
 from fsfm_fast.models import create_detector  # noqa: E402
 from fsfm_fast.models.adapter import freeze_encoder  # noqa: E402
 

@@ -22,8 +22,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fsfm_fast import pretrain  # noqa: E402
 from fsfm_fast.data.synthetic import write_synthetic_dataset  # noqa: E402
+from fsfm_fast.pretrain import task as pretrain  # noqa: E402
 
 READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::equal", "aten::is_nonzero", "aten::masked_select",
          "aten::unique_dim", "aten::_unique2", "aten::allclose"}

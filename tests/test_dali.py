@@ -10,12 +10,12 @@ from _shard_helpers import fingerprint, map_agreement, palette_faces, shard, tam
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install -e '.[dali]')")
 
-from fsfm_fast import pretrain  # noqa: E402
+from fsfm_fast.pretrain import task as pretrain  # noqa: E402
 from fsfm_fast.data import write_synthetic_dataset  # noqa: E402
 from fsfm_fast.data.dali import DaliLoader  # noqa: E402
 from fsfm_fast.data.loaders import build_loader  # noqa: E402
 from fsfm_fast.data.shards import ShardDataset, load_manifest  # noqa: E402
-from fsfm_fast.run_log import read_log  # noqa: E402
+from fsfm_fast.engine.run_log import read_log  # noqa: E402
 
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 

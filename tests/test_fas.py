@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsfm_fast import finetune, finetune_fas
-from fsfm_fast.checkpoint import CheckpointError, safe_load
-from fsfm_fast.cli import UsageError
+from fsfm_fast.finetune import deepfake as finetune, fas as finetune_fas
+from fsfm_fast.formats import CheckpointError, safe_load
+from fsfm_fast.runtime.cli import UsageError
 from fsfm_fast.data.forgery import write_forgery_benchmark
 from fsfm_fast.data.sampler import BalancedBatchSampler
 from fsfm_fast.data.spoof import write_spoof_benchmark

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _no_extension import BLOCK_EXTENSION
-from fsfm_fast import pretrain
-from fsfm_fast.checkpoint import CheckpointError, CheckpointManager, safe_load, save_atomic
+
 from fsfm_fast.data.synthetic import write_synthetic_dataset
-from fsfm_fast.run_log import read_log
+from fsfm_fast.engine.checkpoint import CheckpointManager, save_atomic
+from fsfm_fast.engine.run_log import read_log
+from fsfm_fast.formats import MEAN_STD_FILE, CheckpointError, safe_load
+from fsfm_fast.pretrain import task as pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,9 +45,9 @@ def test_few_steps_lower_the_loss(faces, tmp_path):
     first = sum(losses[s] for s in steps[:5]) / 5
     last = sum(losses[s] for s in steps[-5:]) / 5
     assert last < 0.85 * first, (first, last)
-    for name in ("loss_curves.png", "reconstructions.png", "summary.json", pretrain.MEAN_STD_FILE):
+    for name in ("loss_curves.png", "reconstructions.png", "summary.json", MEAN_STD_FILE):
         assert (tmp_path / name).is_file(), name
-    stats = json.loads((tmp_path / pretrain.MEAN_STD_FILE).read_text().splitlines()[0])
+    stats = json.loads((tmp_path / MEAN_STD_FILE).read_text().splitlines()[0])
     assert len(stats["mean"]) == 3 and all(0 < s < 1 for s in stats["std"])
     ckpt = safe_load(CheckpointManager(tmp_path).latest())
     assert ckpt["iteration"] == 40 and set(ckpt) >= {"model", "target", "optimizer", "scaler", "rng", "args"}
@@ -249,7 +250,7 @@ def test_trains_without_the_compiled_extension(faces, tmp_path):
 import warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    from fsfm_fast import pretrain
+    from fsfm_fast.pretrain import task as pretrain
     code = pretrain.main({_argv(faces, tmp_path, "--max_steps", "3")!r})
 mine = [w for w in caught if "fsfm_fast._C" in str(w.message)]
 assert code == 0 and len(mine) == 1, [str(w.message) for w in caught]

@@ -28,8 +28,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..runtime.cli import UsageError
-from ..prepare.splits import FRAME_MARK, SPLITS  # the names prepare writes are the names read here
 from .faces import sample_key
+from .labels import FRAME_MARK, SPLITS
 
 REAL, FAKE = 0, 1
 LABEL_NAMES = ("real", "fake")

@@ -37,8 +37,9 @@ from PIL import Image
 
 from ..runtime import cli
 from ..runtime.cli import UsageError
-from .faces import NUM_LABELS, parsing_map_problem
+from .faces import parsing_map_problem
 from .folder import as_roots, scan_reference_layout
+from .labels import NUM_LABELS
 from .shards import FORMAT, MANIFEST_NAME, MAP_EXT, format_index
 
 PLAN_NAME = "plan.json"

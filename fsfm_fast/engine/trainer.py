@@ -37,14 +37,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint
-from .checkpoint import CheckpointManager, save_atomic
-from ..runtime.cli import UsageError
 from ..data.loaders import TrainData
+from ..runtime.cli import UsageError
 from ..runtime.devices import autocast
 from ..runtime.distributed import DistInfo, any_rank_flags, barrier, mean_across
-from .run_log import RunLog
 from ..runtime.signals import StopSignal, stop_signals_held
+from . import checkpoint
+from .checkpoint import CheckpointManager, save_atomic
+from .run_log import RunLog
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from ..engine.run_log import RunLog
 from ..runtime.signals import StopSignal
 from .faces import CROP_SCALE, CROP_SIZE, box_in_crop, crop_face, crop_region, largest_face, make_detector
 from .inputs import IMAGE, MANIFEST, SKIPPED, VIDEO, Input, select_shard
-from .splits import FRAME_MARK
+from ..data.labels import FRAME_MARK
 from .video import VideoError, sample_frames
 
 STATE_DIR = ".prepare"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,26 +14,22 @@ from timm.optim import param_groups_weight_decay
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import ops
-from ..engine import checkpoint
-from ..runtime import cli
-from ..engine.checkpoint import CheckpointManager
-from ..runtime.cli import UsageError
-from ..data.loaders import build_train_data, cached_mean_std
+from ..data.loaders import build_loader, cached_mean_std
 from ..data.synthetic import write_synthetic_dataset
-from ..runtime.devices import autocast, autocast_dtype, device_type, fused, resolve_device
-from ..runtime.distributed import DistInfo, any_rank_flags, barrier, process_group
-from ..models import TargetNetwork, create_online
-from ..plots import final_pictures
-from .args import check_paths, parse_args
+from ..engine import checkpoint
+from ..engine.checkpoint import CheckpointManager
 from ..engine.run_log import RunLog
 from ..engine.schedules import cosine_lr, ema_momentum
-from ..runtime.signals import StopSignal, stop_signals_held
 from ..engine.step_stats import StepStats
+from ..formats import IMAGENET_MEAN, IMAGENET_STD, MEAN_STD_FILE, PRETRAIN_FORMAT, SELFCHECK_FILE
+from ..models import TargetNetwork, create_online
+from ..plots import final_pictures
+from ..runtime.cli import UsageError
+from ..runtime.devices import autocast, autocast_dtype, device_type, fused, resolve_device
+from ..runtime.distributed import DistInfo, any_rank_flags, barrier, process_group
+from ..runtime.signals import StopSignal, stop_signals_held
+from .args import check_paths, parse_args
 
-MEAN_STD_FILE = "pretrain_ds_mean_std.txt"
-SELFCHECK_FILE = "selfcheck.json"
-IMAGENET_MEAN_STD = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-CHECKPOINT_FORMAT = "fsfm_fast.pretrain/1"
 # What a checkpoint must agree on with the run that resumes it (anything else may change on resume).
 SAME_RUN_KEYS = ("model", "input_size", "rep_decoder_pos_embed")
 LOSSES = ("loss", "loss_rec_all", "loss_rec_sfr", "loss_cl")
@@ -123,7 +118,7 @@ class Pretrainer:
         args, info = self.args, self.info
         roots = _data_roots(args, info)
         if args.normalize_from_IMN:
-            self.mean_std = IMAGENET_MEAN_STD
+            self.mean_std = (list(IMAGENET_MEAN), list(IMAGENET_STD))
         else:  # computed by the main process, kept in the output folder for resumed runs and fine-tuning
             if info.is_main:
                 cached_mean_std(self.out_dir / MEAN_STD_FILE, roots, args.input_size, args.mean_std_samples,
@@ -131,8 +126,9 @@ class Pretrainer:
             barrier(info)
             self.mean_std = cached_mean_std(self.out_dir / MEAN_STD_FILE, roots, args.input_size,
                                             args.mean_std_samples, reuse_only=True)
-        self.data = build_train_data(args, roots, self.mean_std, rank=info.rank, world_size=info.world_size,
-                                     device=self.device)
+        self.data = build_loader(roots, *self.mean_std, input_size=args.input_size, batch_size=args.batch_size,
+                                 augment=args.augment, seed=args.seed, loader=args.loader, rank=info.rank,
+                                 world_size=info.world_size, device=self.device, num_workers=args.num_workers)
         if self.data.iters_per_epoch < 1:
             raise UsageError(f"{len(self.data.dataset)} images cannot fill one batch of {args.batch_size} "
                              f"on each of {info.world_size} processes")
@@ -387,7 +383,7 @@ class Pretrainer:
         if self.info.is_main:
             extra = {"train_state": {"skipped_images": self.state.skipped_images, **self.stats.counters()},
                      "mean_std": {"mean": list(self.mean_std[0]), "std": list(self.mean_std[1])}}
-            ckpt = checkpoint.training_checkpoint(CHECKPOINT_FORMAT, self.state.iteration,
+            ckpt = checkpoint.training_checkpoint(PRETRAIN_FORMAT, self.state.iteration,
                                                   {"model": self.online, "target": self.target},
                                                   self.optimizer, self.scaler, self.args, **extra)
             self.manager.save(ckpt, self.state.iteration)
