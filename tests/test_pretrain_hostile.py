@@ -22,7 +22,8 @@ from fsfm_fast.engine.checkpoint import CheckpointManager
 from fsfm_fast.engine.run_log import read_log
 from fsfm_fast.formats import MEAN_STD_FILE, SELFCHECK_FILE, safe_load
 from fsfm_fast.ops import _checks
-from fsfm_fast.pretrain import task as pretrain
+from fsfm_fast.pretrain.__main__ import main as pretrain_main
+from fsfm_fast.pretrain.args import parse_args
 from fsfm_fast.runtime import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def _argv(data: Path, out: Path, *extra: str) -> list[str]:
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:
     """``python -m fsfm_fast.pretrain`` in this process: exit status, and what it printed."""
-    code = cli.run(pretrain.main, "fsfm_fast.pretrain", argv)
+    code = cli.run(pretrain_main, "fsfm_fast.pretrain", argv)
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
@@ -123,8 +124,8 @@ def test_bad_paths_fail_in_one_line_before_any_work(faces, tmp_path, capsys):
 def test_abbreviated_flags_are_refused():
     # argparse would take --batch for --batch_size, and the demo defaults would then silently replace it
     with pytest.raises(SystemExit):
-        pretrain.parse_args(["--batch", "8"])
-    assert pretrain.parse_args(["--batch_size", "8"]).batch_size == 8  # a demo run keeps a given flag
+        parse_args(["--batch", "8"])
+    assert parse_args(["--batch_size", "8"]).batch_size == 8  # a demo run keeps a given flag
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -136,7 +137,7 @@ def test_unusable_resume_checkpoint_is_one_line_before_any_work(faces, tmp_path,
     ckpts.mkdir()
     (ckpts / "empty.pth").write_bytes(b"")
     (ckpts / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
-    args = pretrain.parse_args(_argv(faces, out))
+    args = parse_args(_argv(faces, out))
     for name, changes in (("small.pth", {"model": "fsfm_vit_small_patch16"}), ("size64.pth", {"input_size": 64})):
         saved = dict(checkpoint.plain_args(args), **changes)
         torch.save({"model": {}, "target": {}, "optimizer": {}, "iteration": 3, "rng": {}, "args": saved},

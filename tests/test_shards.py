@@ -27,7 +27,7 @@ from fsfm_fast.data.shards import (
 )
 from fsfm_fast.engine.run_log import read_log
 from fsfm_fast.formats import MEAN_STD_FILE
-from fsfm_fast.pretrain import task as pretrain
+from fsfm_fast.pretrain.__main__ import main as pretrain_main
 from fsfm_fast.runtime.cli import UsageError
 
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -402,7 +402,7 @@ def test_pretraining_runs_on_shards(tmp_path):
     argv = ["--data_path", str(shards), "--output_dir", str(out), "--model", "fsfm_vit_tiny_patch16",
             "--input_size", "112", "--batch_size", "4", "--epochs", "1", "--warmup_epochs", "0", "--max_steps", "3",
             "--num_workers", "0", "--device", "cpu", "--loader", "torch", "--augment", "--log_every", "1"]
-    assert pretrain.main(argv) == 0
+    assert pretrain_main(argv) == 0
     rows = read_log(out / "log.jsonl")
     assert rows[-1]["step"] == 3 and all(np.isfinite(r["loss"]) for r in rows)
     stats = json.loads((out / MEAN_STD_FILE).read_text().splitlines()[0])

@@ -44,7 +44,7 @@ from ..data.loaders import labelled_train_data
 from ..engine.checkpoint import CheckpointManager, plain_args
 from ..engine.run_log import RunLog
 from ..engine.schedules import cosine_lr
-from ..engine.trainer import FinetuneEngine, RunSettings, Selection, TrainingParts, write_json
+from ..engine.trainer import RunSettings, Selection, Task, Trainer, open_run, whole_cycles, write_json
 from ..evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
 from ..formats import ADAPTER_FORMAT, BEST, DETECTOR_FORMAT, CheckpointError, choose_mean_std, load_state_dict_strict
 from ..metrics import SingleClassWarning, frame_metrics
@@ -301,21 +301,28 @@ class DetectionLoss:
     """Mixup/CutMix of the batch (their label smoothing included) and soft-target cross-entropy, as the
     recipe; without mixup, label-smoothed cross-entropy. With the FS-Adapter, plus ``weight_cl`` x the
     real-anchored contrastive loss of its projections, with the batch's own labels (mixed or not, as
-    the authors do)."""
+    the authors do). ``plain`` (FAS): cross-entropy, plus the adapter's loss when ``weight_cl``."""
 
-    def __init__(self, args):
-        self.weight_cl = args.weight_cl if getattr(args, "adapter", "none") == "fs" else 0.0
-        self.temperature = getattr(args, "temperature", 0.07)
-        self.mixup = None
+    def __init__(self, criterion: torch.nn.Module, mixup: Mixup | None = None, weight_cl: float = 0.0,
+                 temperature: float = 0.07):
+        self.criterion, self.mixup, self.weight_cl, self.temperature = criterion, mixup, weight_cl, temperature
+
+    @classmethod
+    def from_args(cls, args) -> DetectionLoss:
+        """The deepfake recipe of ``python -m fsfm_fast.finetune``'s flags."""
+        adapter = {"weight_cl": args.weight_cl if args.adapter == "fs" else 0.0, "temperature": args.temperature}
         if mixup_active(args):
-            self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                               prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                               label_smoothing=args.smoothing, num_classes=2)
-            self.criterion = SoftTargetCrossEntropy()
-        elif args.smoothing > 0:
-            self.criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-        else:
-            self.criterion = torch.nn.CrossEntropyLoss()
+            mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                          label_smoothing=args.smoothing, num_classes=2)
+            return cls(SoftTargetCrossEntropy(), mixup, **adapter)
+        if args.smoothing > 0:
+            return cls(LabelSmoothingCrossEntropy(smoothing=args.smoothing), **adapter)
+        return cls.plain(**adapter)
+
+    @classmethod
+    def plain(cls, weight_cl: float = 0.0, temperature: float = 0.07) -> DetectionLoss:
+        return cls(torch.nn.CrossEntropyLoss(), weight_cl=weight_cl, temperature=temperature)
 
     def __call__(self, model, batch: dict) -> torch.Tensor | None:
         images, targets = batch["images"], batch["labels"]
@@ -392,11 +399,13 @@ def _train(args, info: DistInfo) -> dict:
 
     model, config, encoder = build_detector(args, splits, info)
     model.to(device)
-    parts, settings = build_parts(args, model, config, encoder, splits, info, device, amp_dtype)
-    log = RunLog(out_dir, enabled=info.is_main, total=settings.total_iters)
-    engine = FinetuneEngine(parts, settings, info, log)
-    _announce(args, info, device, amp_dtype, splits, encoder, config, parts.data, log)
-    summary = {**engine.run(), "pretrained": encoder.path if encoder else None}
+    task, settings = build_task(args, model, config, encoder, splits, info, device, amp_dtype)
+    log = RunLog(out_dir, enabled=info.is_main, total=settings.stop_iter)
+    manager, resumed = open_run(out_dir, keep_last=args.keep_last, resume=args.resume, args=settings.args, info=info,
+                                say=log.message)
+    trainer = Trainer(task, settings, info, log, manager, resumed)
+    _announce(args, info, device, amp_dtype, splits, encoder, config, task.data, log)
+    summary = {**trainer.run(), "pretrained": encoder.path if encoder else None}
     if info.is_main:
         write_json(out_dir / "summary.json", summary)
     best = summary["best_checkpoints"].get(BEST)
@@ -425,9 +434,9 @@ def build_detector(args, splits: dict[str, list[Sample]], info: DistInfo):
     return model, dataclasses.replace(config, mean=tuple(mean), std=tuple(std), mean_std_source=source), encoder
 
 
-def build_parts(args, model, config: DetectorConfig, encoder, splits, info: DistInfo, device, amp_dtype
-                ) -> tuple[TrainingParts, RunSettings]:
-    """The deepfake task's parts for the engine: data, optimizer, schedule, loss, validation, selection."""
+def build_task(args, model, config: DetectorConfig, encoder, splits, info: DistInfo, device, amp_dtype
+               ) -> tuple[Task, RunSettings]:
+    """The deepfake task for the engine: data, optimizer, schedule, loss, validation, selection."""
     train_set = LabelledImages(splits["train"], train_transform(args, config.mean, config.std), seed=args.seed)
     data = labelled_train_data(train_set, batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed,
                                rank=info.rank, world_size=info.world_size, device=device)
@@ -439,20 +448,23 @@ def build_parts(args, model, config: DetectorConfig, encoder, splits, info: Dist
     groups = param_groups_layer_decay(model, weight_decay=args.weight_decay,
                                       no_weight_decay_list=model.no_weight_decay(), layer_decay=args.layer_decay)
     record, restore = detector_checkpointing(model, config, encoder)
-    parts = TrainingParts(
-        model=model, optimizer=_adamw(groups, args.lr), data=data, loss=DetectionLoss(args),
+    detection_loss = DetectionLoss.from_args(args)
+    task = Task(
+        model=model, optimizer=_adamw(groups, args.lr), data=data,
+        loss=lambda model, batch, iteration: [detection_loss(model, batch)], min_batch=2 if mixup_active(args) else 1,
         validate=validator(val_sets, batch_size=args.eval_batch_size, num_workers=args.num_workers, device=device,
                            amp_dtype=amp_dtype, info=info),
         selections=_selections(args, splits),
         lr_at=lambda it: cosine_lr(it, base_lr=args.lr, min_lr=args.min_lr,
                                    warmup_iters=round(args.warmup_epochs * ipe), total_iters=total),
         record=record, restore=restore)
-    settings = RunSettings(output_dir=Path(args.output_dir), total_iters=min(total, args.max_steps or total),
+    stop_iter = min(total, whole_cycles(args.max_steps, args.accum_iter)) if args.max_steps else total
+    settings = RunSettings(output_dir=Path(args.output_dir), stop_iter=stop_iter,
                            eval_every=args.eval_every or ipe, device=device, amp_dtype=amp_dtype,
                            accum_iter=args.accum_iter, clip_grad=args.clip_grad, save_every=args.save_every,
                            keep_last=args.keep_last, max_nonfinite=args.max_nonfinite, log_every=args.log_every,
                            seed=args.seed, resume=args.resume, args=plain_args(args))
-    return parts, settings
+    return task, settings
 
 
 def effective_batch(args, info: DistInfo) -> int:

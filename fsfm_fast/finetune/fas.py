@@ -39,7 +39,6 @@ the fourth (``--synthetic_target``) is tested, on the CPU in minutes.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -56,7 +55,7 @@ from ..data.loaders import labelled_train_data
 from ..data.spoof import DEFAULT_TARGET, DOMAINS, write_spoof_benchmark
 from ..engine.checkpoint import plain_args
 from ..engine.run_log import RunLog
-from ..engine.trainer import FinetuneEngine, RunSettings, Selection, TrainingParts
+from ..engine.trainer import RunSettings, Selection, Task, Trainer, open_run, whole_cycles
 from ..evaluate import Scores, eval_transform, parse_tests, score_dataset
 from ..formats import safe_load
 from ..metrics import fas_levels
@@ -350,26 +349,30 @@ def run_seed(args, seed: int, data: FASData, info: DistInfo, device, amp_dtype) 
     honest = Selection("best", "val", args.select_metric, SELECT_MODES[args.select_metric], later_ties=True)
     oracle = Selection(f"best-target_{re.sub(r'[^A-Za-z0-9_.-]', '_', target)}", f"target:{target}", "hter", "min",
                        target_domain=True, later_ties=True)
-    plain_ce = argparse.Namespace(mixup=0.0, cutmix=0.0, cutmix_minmax=None, smoothing=0.0, adapter=args.adapter,
-                                  weight_cl=args.weight_cl, temperature=args.temperature)
-    parts = TrainingParts(
+    # the reference's plain cross-entropy (+ the adapter's contrastive loss)
+    detection_loss = DetectionLoss.plain(args.weight_cl if args.adapter == "fs" else 0.0, args.temperature)
+    task = Task(
         model=model, optimizer=optimizer,
         data=labelled_train_data(LabelledImages(data.train, fas_train_transform(args.input_size, mean, std), seed=seed),
                                  batch_size=args.batch_per_group, num_workers=args.num_workers, seed=seed,
                                  rank=info.rank, world_size=info.world_size, device=device,
                                  groups=list(data.groups.values()), iters_per_epoch=args.eval_every),
-        loss=DetectionLoss(plain_ce),  # the reference's plain cross-entropy (+ the adapter's contrastive loss)
+        loss=lambda model, batch, iteration: [detection_loss(model, batch)],
         validate=validator(checks, batch_size=args.eval_batch_size, num_workers=args.num_workers, device=device,
                            amp_dtype=amp_dtype, info=info, metrics=selection_metrics),
         selections=[honest, oracle], lr_at=lambda it: args.lr, record=record, restore=restore)
-    settings = RunSettings(output_dir=out_dir, total_iters=args.iterations, eval_every=args.eval_every, device=device,
-                           amp_dtype=amp_dtype, clip_grad=args.clip_grad, keep_last=args.keep_last,
-                           max_nonfinite=args.max_nonfinite, log_every=args.log_every, seed=seed,
-                           resume=args.resume, args={**plain_args(args), "seed": seed})
+    stop_iter = min(args.iterations, whole_cycles(args.max_steps, args.accum_iter)) if args.max_steps else args.iterations
+    settings = RunSettings(output_dir=out_dir, stop_iter=stop_iter, eval_every=args.eval_every, device=device,
+                           amp_dtype=amp_dtype, accum_iter=args.accum_iter, clip_grad=args.clip_grad,
+                           save_every=args.save_every, keep_last=args.keep_last, max_nonfinite=args.max_nonfinite,
+                           log_every=args.log_every, seed=seed, resume=args.resume,
+                           args={**plain_args(args), "seed": seed})
     if info.is_main:
         cli.ensure_writable_dir(out_dir)
-    log = RunLog(out_dir, enabled=info.is_main, total=args.iterations)
-    engine = FinetuneEngine(parts, settings, info, log)
+    log = RunLog(out_dir, enabled=info.is_main, total=stop_iter)
+    manager, resumed = open_run(out_dir, keep_last=args.keep_last, resume=args.resume, args=settings.args, info=info,
+                                say=log.message)
+    engine = Trainer(task, settings, info, log, manager, resumed)
     start = f"from {encoder.path} ({encoder.kind})" if encoder else "FROM SCRATCH (no --finetune)"
     log.message(f"seed {seed}: {args.model} at {args.input_size}px {start}, head {args.head}"
                 + (", FS-Adapter on the frozen encoder" if config.adapter else "")

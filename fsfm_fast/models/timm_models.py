@@ -161,5 +161,5 @@ for _name in MODEL_CONFIGS:
     globals()[_name] = register_model(_entrypoint(_name))
 
 __all__ = [*MODEL_CONFIGS, "TIMM_ARCHITECTURES", "architecture_args", "default_cfgs", "fit_to_model",
-           "read_pretrained_file", "read_timm_config"]
+           "read_pretrained_file"]
 del _name
