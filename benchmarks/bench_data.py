@@ -45,7 +45,7 @@ from torchvision.transforms import functional as TF
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fsfm_fast import cli  # noqa: E402
+from fsfm_fast.runtime import cli  # noqa: E402
 from fsfm_fast.data import make_shards, write_synthetic_dataset  # noqa: E402
 from fsfm_fast.data.dali import dali_available  # noqa: E402
 from fsfm_fast.data.loaders import build_loader, dataset_mean_std, detect_layout  # noqa: E402

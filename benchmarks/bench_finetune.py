@@ -39,8 +39,9 @@ from timm.optim import param_groups_layer_decay
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fsfm_fast.finetune import DetectionLoss, _adamw, parse_args as finetune_args  # noqa: E402
-from fsfm_fast.finetune_engine import clipped_step  # noqa: E402
+
+from fsfm_fast.finetune.deepfake import DetectionLoss, _adamw  # noqa: E402
+from fsfm_fast.finetune.deepfake import parse_args as finetune_args
 from fsfm_fast.models import create_detector  # noqa: E402
 from fsfm_fast.models.adapter import freeze_encoder  # noqa: E402
 
@@ -91,6 +92,13 @@ def _timed(fn, device, warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """The step of an unclipped run (the recipe's --clip_grad 0): through the scaler, then clear."""
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _dtype(way: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
@@ -105,7 +113,7 @@ def measure_step(args, device: torch.device, batch: int, way: str, warmup: int, 
     optimizer = _adamw(groups, 1e-4) if way == "fsfm_fast" else torch.optim.AdamW(groups, lr=1e-4)
     dtype = _dtype(way, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-    loss_fn = DetectionLoss(finetune_args(["--data_path", "unused"]))  # the recipe's mixup 0.8 / cutmix 1.0
+    loss_fn = DetectionLoss.from_args(finetune_args(["--data_path", "unused"]))  # the recipe's mixup 0.8 / cutmix 1.0
     images = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, 2, (batch,), device=device)
 
@@ -113,7 +121,7 @@ def measure_step(args, device: torch.device, batch: int, way: str, warmup: int, 
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             loss = loss_fn(model, {"images": images, "labels": labels})
         scaler.scale(loss).backward()
-        clipped_step(optimizer, scaler, 0.0)
+        optimizer_step(optimizer, scaler)
 
     return batch / _timed(step, device, warmup, steps)
 
@@ -137,7 +145,7 @@ def measure_tuning(args, device: torch.device, batch: int, tuning: str, warmup: 
                                       layer_decay=0.65)
     optimizer = _adamw(groups, 1e-4)
     dtype = _dtype("fsfm_fast", device)
-    loss_fn = DetectionLoss(finetune_args(["--data_path", "unused"] + (["--adapter", "fs"] if adapter else [])))
+    loss_fn = DetectionLoss.from_args(finetune_args(["--data_path", "unused"] + (["--adapter", "fs"] if adapter else [])))
     images = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, 2, (batch,), device=device)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no scaling
@@ -147,7 +155,7 @@ def measure_tuning(args, device: torch.device, batch: int, tuning: str, warmup: 
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             loss = loss_fn(model, {"images": images, "labels": labels})
         loss.backward()
-        clipped_step(optimizer, scaler, 0.0)
+        optimizer_step(optimizer, scaler)
 
     speed = batch / _timed(step, device, warmup, steps)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}

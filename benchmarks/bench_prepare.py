@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fsfm_fast import cli  # noqa: E402
+from fsfm_fast.runtime import cli  # noqa: E402
 from fsfm_fast.data.synthetic_video import moving_face_frames, write_synthetic_videos  # noqa: E402
 from fsfm_fast.prepare.faces import (DlibHogDetector, OpenCVCascadeDetector, crop_face,  # noqa: E402
                                      largest_face)

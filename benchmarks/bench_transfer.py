@@ -22,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fsfm_fast import finetune  # noqa: E402
-from fsfm_fast.checkpoint import CheckpointManager  # noqa: E402
-from fsfm_fast.pretrain import MEAN_STD_FILE  # noqa: E402
+from fsfm_fast import demo  # noqa: E402
+from fsfm_fast.engine.checkpoint import CheckpointManager  # noqa: E402
+from fsfm_fast.finetune import deepfake as finetune  # noqa: E402
+from fsfm_fast.formats import MEAN_STD_FILE  # noqa: E402
 
 STARTS = ("pretrained", "scratch")
 ROWS = (("fake_face_swap", "face swap (seen)"), ("fake_reenactment", "reenactment (seen)"),
@@ -36,7 +37,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--pretrained", default=None,
-                   help=f"pretraining checkpoint (default: the newest {finetune.DEMO_PRETRAIN_DIR}/checkpoint-*.pth)")
+                   help=f"pretraining checkpoint (default: the newest {demo.PRETRAIN_DIR}/checkpoint-*.pth)")
     p.add_argument("--seeds", default="0", help="comma-separated; each seed is new data and new initial heads")
     p.add_argument("--output_dir", default="output_bench_transfer")
     p.add_argument("--json", type=Path, default=None)
@@ -77,9 +78,9 @@ def format_table(results: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    pretrained = args.pretrained or CheckpointManager(finetune.DEMO_PRETRAIN_DIR).latest()
+    pretrained = args.pretrained or CheckpointManager(demo.PRETRAIN_DIR).latest()
     if pretrained is None:
-        sys.exit(f"no pretraining checkpoint in {finetune.DEMO_PRETRAIN_DIR}/: run python -m fsfm_fast.pretrain first")
+        sys.exit(f"no pretraining checkpoint in {demo.PRETRAIN_DIR}/: run python -m fsfm_fast.pretrain first")
     pretrained = Path(pretrained)
     mean_std = pretrained.parent / MEAN_STD_FILE
     if not mean_std.is_file():
@@ -90,8 +91,8 @@ def main(argv=None) -> int:
         results[seed] = {}
         for start in STARTS:
             run_dir = out / f"{start}_seed{seed}"
-            data = run_dir / finetune.DEMO_DATA_DIR
-            first = out / f"{STARTS[0]}_seed{seed}" / finetune.DEMO_DATA_DIR
+            data = run_dir / demo.FORGERY_DATA
+            first = out / f"{STARTS[0]}_seed{seed}" / demo.FORGERY_DATA
             if start != STARTS[0] and not data.exists():  # the same benchmark, written once per seed
                 run_dir.mkdir(parents=True, exist_ok=True)
                 data.symlink_to(first.resolve(), target_is_directory=True)

@@ -30,13 +30,14 @@ from sklearn.metrics import roc_curve
 from timm.data import create_transform
 from torch.utils.data import DataLoader
 
-from . import cli
+from .runtime import cli, flags
+from .demo import demo_evaluation
 from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map, samples_from
-from .devices import autocast, autocast_dtype, device_type, resolve_device
-from .distributed import DistInfo, barrier, gather_objects, gather_rows, process_group
+from .runtime.devices import autocast, autocast_dtype, device_type, resolve_device
+from .runtime.distributed import DistInfo, barrier, gather_objects, gather_rows, process_group
 from .metrics import METRIC_KEYS, frame_metrics, video_metrics
 from .models.detector import DetectorConfig, load_detector
-from .signals import ignore_stop_signals, shutdown_workers, stop_signals_held
+from .runtime.signals import ignore_stop_signals, shutdown_workers, stop_signals_held
 
 TEST_SPLIT = "test"
 
@@ -264,11 +265,9 @@ def get_args_parser():
     p.add_argument("--test", action="append", default=[], metavar="NAME=PATH[,PATH...]",
                    help="a test set; repeat for several (default: the demo's synthetic test set)")
     p.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
-    p.add_argument("--batch_size", default=64, type=int, help="per process")
-    p.add_argument("--num_workers", default=4, type=int)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
+    flags.add_batch_flag(p, 64)
+    flags.add_worker_flag(p, 4)
+    flags.add_device_flags(p)
     p.add_argument("--eval_resize", default=None, choices=["crop", "plain"],
                    help="override the detector's: crop = resize to img_size/0.875 and centre crop, "
                         "plain = resize to img_size")
@@ -282,12 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     tests = parse_tests(args.test)
     if args.checkpoint is None and not tests:
-        from .finetune import demo_evaluation  # the demo's paths belong to the fine-tuning verb
         args.checkpoint, tests = demo_evaluation()
     elif args.checkpoint is None or not tests:
         raise cli.UsageError("give both --checkpoint and at least one --test NAME=PATH (or neither, for the demo)")
-    if args.batch_size < 1 or args.num_workers < 0:
-        raise cli.UsageError("--batch_size must be >= 1 and --num_workers >= 0")
+    flags.check(args)
     if not Path(args.checkpoint).is_file():
         raise cli.UsageError(f"--checkpoint {args.checkpoint} does not exist")
     output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / "eval"

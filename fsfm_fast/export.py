@@ -44,15 +44,15 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from . import cli
-from .checkpoint import CheckpointError, CheckpointManager, state_mismatch
+from .runtime import cli
+from .demo import EXPORT_DIR as DEMO_EXPORT_DIR, FINETUNE_DIR, PRETRAIN_DIR
+from .engine.checkpoint import CheckpointManager
 from .models import MODEL_CONFIGS, create_online, create_target
-from .models.detector import (ADAPTER_FORMAT, DETECTOR_FORMAT, PRETRAIN_FORMAT, _find_mean_std, _recorded_model,
-                              detector_from_checkpoint, read_mean_std, read_weights)
-from .models.timm_models import (EVAL_CROP_PCT, TIMM_ARCHITECTURES, architecture_args, read_timm_config,
-                                 weights_grid, weights_pooling)
+from .formats import (ADAPTER_FORMAT, DETECTOR_FORMAT, IMAGENET_MEAN, IMAGENET_STD, PRETRAIN_FORMAT, CheckpointError,
+                      find_mean_std, read_mean_std, read_timm_config, read_weights, selected_checkpoint, state_mismatch)
+from .models.detector import _recorded_model, detector_from_checkpoint
+from .models.timm_models import EVAL_CROP_PCT, TIMM_ARCHITECTURES, architecture_args, weights_grid, weights_pooling
 
 EXPORT_FORMAT = "fsfm_fast.export/1"
 WEIGHTS, CONFIG, ONNX = "model.safetensors", "config.json", "model.onnx"
@@ -60,7 +60,6 @@ ONNX_OPSET = 18
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the exporter writes with onnxscript; the check runs onnxruntime
 ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-4
 ROUND_TRIP_ATOL = 1e-5
-DEMO_EXPORT_DIR = "output_demo_export"
 # A single protobuf file holds at most 2 GiB: larger models keep their weights in model.onnx.data.
 ONNX_EXTERNAL_DATA_BYTES = 1 << 30
 
@@ -165,7 +164,7 @@ def from_pretraining(obj: dict, state: Mapping, path: Path, encoder: str | None,
     _refuse(path, f"the {encoder} network of {name} at {img_size}px", state_mismatch(network.state_dict(), state))
     model = timm.create_model(name, img_size=img_size)  # the encoder: no head, cls pooling keeps the final norm
     model.load_state_dict({k: state[k] for k in model.state_dict()}, strict=True)
-    mean_std, source = _find_mean_std(path, obj)
+    mean_std, source = find_mean_std(path, obj)
     kind = f"{'fsfm_fast pretraining' if ours else 'reference release'} checkpoint, {encoder} encoder"
     return Exportable(model.eval(), name, kind, *_mean_std_or_none(mean_std), source or "",
                       notes={"pretrained_iteration": obj.get("iteration", obj.get("epoch"))})
@@ -202,7 +201,7 @@ def from_state_dict(obj: dict, state: Mapping, path: Path, model_name: str | Non
     pool = weights_pooling(state)
     model = _timm_model(name, state, path, f"a timm {name} ({pool} pooling, {num_classes} classes)",
                         img_size=grid_img_size(state, name, path), num_classes=num_classes, global_pool=pool)
-    mean_std, source = _find_mean_std(path, obj)
+    mean_std, source = find_mean_std(path, obj)
     item = Exportable(model, name, "timm-style state_dict", *_mean_std_or_none(mean_std), source or "")
     config = read_timm_config(path.parent) or {}  # an export's own weights: what its config.json says carries over
     labels, data = config.get("label_names"), config.get("pretrained_cfg") or {}
@@ -358,14 +357,13 @@ def get_args_parser():
 
 def demo_checkpoint() -> Path:
     """The demo detector of fsfm_fast.finetune, else the newest demo pretraining checkpoint."""
-    from .finetune import BEST, DEMO_OUTPUT_DIR, DEMO_PRETRAIN_DIR
-    detector = Path(DEMO_OUTPUT_DIR) / f"checkpoint-{BEST}.pth"
+    detector = selected_checkpoint(FINETUNE_DIR)
     if detector.is_file():
         return detector
-    latest = CheckpointManager(DEMO_PRETRAIN_DIR).latest()
+    latest = CheckpointManager(PRETRAIN_DIR).latest()
     if latest is None:
         raise cli.UsageError(f"nothing to export: no --checkpoint, no demo detector at {detector} and no pretraining "
-                             f"checkpoint in {DEMO_PRETRAIN_DIR}/; run python -m fsfm_fast.finetune first")
+                             f"checkpoint in {PRETRAIN_DIR}/; run python -m fsfm_fast.finetune first")
     return latest
 
 
@@ -384,7 +382,7 @@ def prepare(args) -> Exportable:
         item.mean, item.std = (tuple(v) for v in read_mean_std(args.mean_std))
         item.mean_std_source = str(args.mean_std)
     elif args.normalize_from_IMN:
-        item.mean, item.std, item.mean_std_source = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, "ImageNet"
+        item.mean, item.std, item.mean_std_source = IMAGENET_MEAN, IMAGENET_STD, "ImageNet"
     if not item.mean:
         raise cli.UsageError(f"{path}: no pretrain_ds_mean_std.txt beside it and no mean/std recorded in it, so the "
                              "export could not say how to normalise inputs: give --mean_std FILE or --normalize_from_IMN")

@@ -9,7 +9,7 @@ import torch
 
 from . import ops
 from .data import collate_faces
-from .run_log import read_log
+from .engine.run_log import read_log
 
 
 def _pyplot():

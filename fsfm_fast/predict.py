@@ -44,20 +44,19 @@ from PIL import Image, ImageDraw, ImageFont
 from timm.data import create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
 
-from . import cli
-from .checkpoint import safe_load
-from .devices import autocast, autocast_dtype, resolve_device
+from .runtime import cli
+from .demo import FINETUNE_DIR, PREDICT_DIR as DEMO_OUTPUT_DIR
+from .formats import read_timm_config, safe_load, selected_checkpoint
+from .runtime.devices import autocast, autocast_dtype, resolve_device
 from .models.detector import DETECTOR_FORMAT, detector_from_checkpoint
-from .models.timm_models import read_timm_config
 from .prepare.faces import CROP_SCALE, CROP_SIZE, DETECTORS, crop_face, largest_face, make_detector
 from .prepare.inputs import IMAGE, VIDEO, Input, kind_of, scan
 from .prepare.video import VideoError, count_frames, sample_frames, sample_indices
-from .signals import ignore_stop_signals
+from .runtime.signals import ignore_stop_signals
 
 DEFAULT_THRESHOLD = 0.5
 FAKE = "fake"
 THUMB = 112  # contact sheet tile side
-DEMO_OUTPUT_DIR = "output_demo_predict"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,8 +446,7 @@ def run_demo(args) -> list[Result]:
     detector's input size (no face detection: the crops the demo detector was trained on)."""
     from .data.synthetic_video import write_forgery_videos
     from .export import DEMO_EXPORT_DIR, export, load_exportable
-    from .finetune import BEST, DEMO_OUTPUT_DIR as FINETUNE_DIR
-    checkpoint = Path(FINETUNE_DIR) / f"checkpoint-{BEST}.pth"
+    checkpoint = selected_checkpoint(FINETUNE_DIR)
     if not checkpoint.is_file():
         raise cli.UsageError(f"no demo detector at {checkpoint}: run python -m fsfm_fast.finetune first "
                              "(it trains one on the CPU in a few minutes), then this again")

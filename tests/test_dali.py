@@ -10,12 +10,12 @@ from _shard_helpers import fingerprint, map_agreement, palette_faces, shard, tam
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install -e '.[dali]')")
 
-from fsfm_fast import pretrain  # noqa: E402
+from fsfm_fast.pretrain.__main__ import main as pretrain_main  # noqa: E402
 from fsfm_fast.data import write_synthetic_dataset  # noqa: E402
 from fsfm_fast.data.dali import DaliLoader  # noqa: E402
 from fsfm_fast.data.loaders import build_loader  # noqa: E402
 from fsfm_fast.data.shards import ShardDataset, load_manifest  # noqa: E402
-from fsfm_fast.run_log import read_log  # noqa: E402
+from fsfm_fast.engine.run_log import read_log  # noqa: E402
 
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
@@ -154,7 +154,7 @@ def test_pretraining_on_shards_with_dali_runs_and_resumes_exactly(tmp_path):
                 "--input_size", "112", "--batch_size", "4", "--epochs", "2", "--warmup_epochs", "0",
                 "--max_steps", str(steps), "--save_every", "3", "--num_workers", "2", "--device", "cpu",
                 "--loader", "dali", "--augment", "--log_every", "1", *extra]
-        assert pretrain.main(argv) == 0
+        assert pretrain_main(argv) == 0
         return {r["step"]: r["loss"] for r in read_log(out / "log.jsonl")}
 
     full = run(tmp_path / "full", 6)

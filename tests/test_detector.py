@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from fsfm_fast.checkpoint import CheckpointError
-from fsfm_fast.cli import UsageError
+from fsfm_fast.formats import CheckpointError
+from fsfm_fast.runtime.cli import UsageError
 from fsfm_fast.data.labelled import (FAKE, REAL, LabelledImages, collate_labelled, folder_label, parse_class_map,
                                      read_split_file, samples_from)
 from fsfm_fast.models import (DETECTOR_FORMAT, DetectorConfig, create_detector, create_online, load_detector,
                               load_pretrained_encoder)
-from fsfm_fast.pretrain import MEAN_STD_FILE
+from fsfm_fast.formats import MEAN_STD_FILE
 
 TINY = "fsfm_vit_tiny_patch16"
 HEAD = ["head.bias", "head.weight"]

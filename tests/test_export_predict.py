@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from fsfm_fast import cli, export, predict
-from fsfm_fast.checkpoint import safe_load
+from fsfm_fast.formats import safe_load
 from fsfm_fast.models import DETECTOR_FORMAT, DetectorConfig, create_online
-from fsfm_fast.pretrain import MEAN_STD_FILE
+from fsfm_fast.formats import MEAN_STD_FILE
 
 TINY = "fsfm_vit_tiny_patch16"
 SIZE = 32

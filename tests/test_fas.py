@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsfm_fast import finetune, finetune_fas
-from fsfm_fast.checkpoint import CheckpointError, safe_load
-from fsfm_fast.cli import UsageError
+from fsfm_fast.finetune import deepfake as finetune, fas as finetune_fas
+from fsfm_fast.formats import CheckpointError, safe_load
+from fsfm_fast.runtime.cli import UsageError
 from fsfm_fast.data.forgery import write_forgery_benchmark
 from fsfm_fast.data.sampler import BalancedBatchSampler
 from fsfm_fast.data.spoof import write_spoof_benchmark
@@ -203,8 +203,8 @@ def test_adapter_trains_only_its_parts_and_saves_only_them(encoder_file, tmp_pat
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    loss = finetune.DetectionLoss(finetune.parse_args(["--data_path", "x", "--adapter", "fs", "--mixup", "0",
-                                                       "--cutmix", "0"]))
+    loss = finetune.DetectionLoss.from_args(finetune.parse_args(["--data_path", "x", "--adapter", "fs", "--mixup", "0",
+                                                                 "--cutmix", "0"]))
     batch = {"images": torch.randn(6, 3, 32, 32), "labels": torch.tensor([0, 0, 0, 1, 1, 1])}
     loss(model, batch).backward()
     for name, p in model.named_parameters():

@@ -18,11 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fsfm_fast import evaluate, finetune
-from fsfm_fast.checkpoint import CheckpointManager, safe_load
-from fsfm_fast.cli import UsageError
+from fsfm_fast import evaluate
 from fsfm_fast.data.forgery import write_forgery_benchmark
-from fsfm_fast.run_log import read_log
+from fsfm_fast.engine.checkpoint import CheckpointManager
+from fsfm_fast.engine.run_log import read_log
+from fsfm_fast.finetune import deepfake as finetune
+from fsfm_fast.formats import safe_load
+from fsfm_fast.runtime.cli import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "fsfm_vit_tiny_patch16"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fsfm_fast import ops
-from fsfm_fast.checkpoint import CheckpointError
+from fsfm_fast.formats import CheckpointError
 from fsfm_fast.models import (
     OnlineNetwork,
     TargetNetwork,

@@ -21,7 +21,8 @@ pytest.importorskip("cv2")
 from fsfm_fast.data.synthetic import render_face  # noqa: E402
 from fsfm_fast.data.synthetic_video import moving_face_frames, write_synthetic_videos  # noqa: E402
 from fsfm_fast.prepare import Box, DlibHogDetector, crop_face, crop_region, largest_face, sample_frames  # noqa: E402
-from fsfm_fast.prepare import sample_indices, write_video  # noqa: E402
+from fsfm_fast.data.synthetic_video import write_video  # noqa: E402
+from fsfm_fast.prepare import sample_indices  # noqa: E402
 from fsfm_fast.prepare.__main__ import DEMO_FRAMES, DEMO_VIDEOS, main  # noqa: E402
 from fsfm_fast.prepare.farl_parser import FarlParser, template_points  # noqa: E402
 from fsfm_fast.prepare.inputs import scan, select_shard  # noqa: E402
@@ -321,7 +322,7 @@ def test_resume_after_kill(tmp_path, demo_videos):
 
 def test_changed_settings_are_refused(tmp_path, counting_video, capsys):
     assert _run_cli("frames", "--input", counting_video, "--out", tmp_path, "--num_frames", 2, "--workers", 1) == 0
-    from fsfm_fast import cli
+    from fsfm_fast.runtime import cli
     code = cli.run(main, "fsfm_fast.prepare", ["frames", "--input", str(counting_video), "--out", str(tmp_path),
                                                "--num_frames", "3"])
     assert code == 2 and "num_frames" in capsys.readouterr().err
@@ -334,7 +335,7 @@ def test_changed_settings_are_refused(tmp_path, counting_video, capsys):
     (["frames", "--input", "MISSING", "--out", "OUT"], "no such file"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, counting_video, capsys, argv, message):
-    from fsfm_fast import cli
+    from fsfm_fast.runtime import cli
     argv = [str(counting_video) if a == "IN" else str(tmp_path / "out") if a == "OUT" else
             str(tmp_path / "missing") if a == "MISSING" else a for a in argv]
     assert cli.run(main, "fsfm_fast.prepare", argv) == 2
@@ -419,7 +420,7 @@ def test_a_crashing_worker_costs_only_its_input(tmp_path):
 
     from fsfm_fast.prepare.inputs import Input
     from fsfm_fast.prepare.runner import Plan, _results
-    from fsfm_fast.signals import StopSignal
+    from fsfm_fast.runtime.signals import StopSignal
     names = ["a", "b", "crash_1", "c", "d", "e"]
     todo = [Input(tmp_path / f"{n}.png", n, "image") for n in names]
     plan = Plan(stage="faces", out=tmp_path, image_dir="", detect=False)

@@ -11,7 +11,7 @@ from PIL import Image
 pytest.importorskip("av")
 pytest.importorskip("dlib")
 
-from fsfm_fast import cli  # noqa: E402
+from fsfm_fast.runtime import cli  # noqa: E402
 from fsfm_fast.data.synthetic_video import moving_face_frames  # noqa: E402
 from fsfm_fast.prepare import write_video  # noqa: E402
 from fsfm_fast.prepare.__main__ import main  # noqa: E402

@@ -17,7 +17,7 @@ pytest.importorskip("cv2")
 
 from fsfm_fast.prepare.inputs import IMAGE, Input  # noqa: E402
 from fsfm_fast.prepare.runner import Plan, _results  # noqa: E402
-from fsfm_fast.signals import StopSignal  # noqa: E402
+from fsfm_fast.runtime.signals import StopSignal  # noqa: E402
 
 import _stop_helpers  # noqa: E402
 

@@ -16,11 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from fsfm_fast import checkpoint, cli, pretrain
-from fsfm_fast.checkpoint import CheckpointManager, safe_load
 from fsfm_fast.data.synthetic import write_synthetic_dataset
+from fsfm_fast.engine import checkpoint
+from fsfm_fast.engine.checkpoint import CheckpointManager
+from fsfm_fast.engine.run_log import read_log
+from fsfm_fast.formats import MEAN_STD_FILE, SELFCHECK_FILE, safe_load
 from fsfm_fast.ops import _checks
-from fsfm_fast.run_log import read_log
+from fsfm_fast.pretrain.__main__ import main as pretrain_main
+from fsfm_fast.pretrain.args import parse_args
+from fsfm_fast.runtime import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +46,7 @@ def _argv(data: Path, out: Path, *extra: str) -> list[str]:
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:
     """``python -m fsfm_fast.pretrain`` in this process: exit status, and what it printed."""
-    code = cli.run(pretrain.main, "fsfm_fast.pretrain", argv)
+    code = cli.run(pretrain_main, "fsfm_fast.pretrain", argv)
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
@@ -114,14 +118,14 @@ def test_bad_paths_fail_in_one_line_before_any_work(faces, tmp_path, capsys):
         code, err = _run(_argv(faces, tmp_path / "out", *extra), capsys)
         assert code == 2 and message in _one_line(err), (extra, err)
     assert not (tmp_path / "out").exists() and not list(read_only.iterdir())
-    assert not (faces / pretrain.MEAN_STD_FILE).exists()
+    assert not (faces / MEAN_STD_FILE).exists()
 
 
 def test_abbreviated_flags_are_refused():
     # argparse would take --batch for --batch_size, and the demo defaults would then silently replace it
     with pytest.raises(SystemExit):
-        pretrain.parse_args(["--batch", "8"])
-    assert pretrain.parse_args(["--batch_size", "8"]).batch_size == 8  # a demo run keeps a given flag
+        parse_args(["--batch", "8"])
+    assert parse_args(["--batch_size", "8"]).batch_size == 8  # a demo run keeps a given flag
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -133,7 +137,7 @@ def test_unusable_resume_checkpoint_is_one_line_before_any_work(faces, tmp_path,
     ckpts.mkdir()
     (ckpts / "empty.pth").write_bytes(b"")
     (ckpts / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
-    args = pretrain.parse_args(_argv(faces, out))
+    args = parse_args(_argv(faces, out))
     for name, changes in (("small.pth", {"model": "fsfm_vit_small_patch16"}), ("size64.pth", {"input_size": 64})):
         saved = dict(checkpoint.plain_args(args), **changes)
         torch.save({"model": {}, "target": {}, "optimizer": {}, "iteration": 3, "rng": {}, "args": saved},
@@ -147,7 +151,7 @@ def test_unusable_resume_checkpoint_is_one_line_before_any_work(faces, tmp_path,
         line = _one_line(err)
         assert code == 2 and str(ckpts / name) in line and message in line, line
         assert "weights_only" not in line
-    assert not (out / pretrain.MEAN_STD_FILE).exists(), "the checkpoint is checked before the mean/std pass"
+    assert not (out / MEAN_STD_FILE).exists(), "the checkpoint is checked before the mean/std pass"
 
 
 def test_resume_auto_past_a_truncated_checkpoint_and_leftovers(faces, tmp_path, capsys):
@@ -173,7 +177,7 @@ def test_full_disk_broken_kernel_and_stale_mean_std(faces, tmp_path, capsys, mon
     out = tmp_path / "out"
     out.mkdir()
     # statistics of other data, left by an earlier run in this folder: not to be reused
-    (out / pretrain.MEAN_STD_FILE).write_text(json.dumps(
+    (out / MEAN_STD_FILE).write_text(json.dumps(
         {"mean": [0.1] * 3, "std": [0.2] * 3, "data_paths": ["/elsewhere"], "input_size": 32,
          "mean_std_samples": 8}) + "\n")
     # a compiled kernel that computes garbage: the start-up self-check must catch it and fall back
@@ -189,10 +193,10 @@ def test_full_disk_broken_kernel_and_stale_mean_std(faces, tmp_path, capsys, mon
     assert code == 2 and f"cannot write checkpoint {out / 'checkpoint-00000002.pth'}: no space left on device" \
         in _one_line(err)
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
-    stats = json.loads((out / pretrain.MEAN_STD_FILE).read_text())
+    stats = json.loads((out / MEAN_STD_FILE).read_text())
     assert stats["data_paths"] == [str(faces.resolve())] and stats["mean"] != [0.1] * 3
     assert "recomputing" in err
-    outcome = json.loads((out / pretrain.SELFCHECK_FILE).read_text())
+    outcome = json.loads((out / SELFCHECK_FILE).read_text())
     failed = [c for c in outcome["checks"] if not c["ok"]]
     assert [c["op"] for c in failed] == ["region_presence"] and "region_presence" in outcome["fallbacks"]
     assert outcome["in_use"]["region_presence"] == "torch" and outcome["in_use"]["crfrp_mask"] == "cpu"

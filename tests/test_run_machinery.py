@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsfm_fast import cli
-from fsfm_fast.checkpoint import (CheckpointError, CheckpointManager, check_same_run, load_state_dict_strict,
-                                  safe_load, save_atomic)
-from fsfm_fast.run_log import RunLog, read_log
-from fsfm_fast.signals import StopSignal
+from fsfm_fast.engine.checkpoint import CheckpointManager, check_same_run, save_atomic
+from fsfm_fast.engine.run_log import RunLog, read_log
+from fsfm_fast.formats import CheckpointError, load_state_dict_strict, safe_load
+from fsfm_fast.runtime import cli
+from fsfm_fast.runtime.signals import StopSignal
 
 
 def test_zero_byte_checkpoint_says_empty(tmp_path):
@@ -142,7 +142,7 @@ def test_stop_signal_sets_a_flag_and_restores_handlers():
 
 
 def test_worker_ignores_stop_signals():
-    code = ("import os, signal, time\nfrom fsfm_fast.signals import ignore_stop_signals\n"
+    code = ("import os, signal, time\nfrom fsfm_fast.runtime.signals import ignore_stop_signals\n"
             "ignore_stop_signals(0)\nos.kill(os.getpid(), signal.SIGTERM)\nos.kill(os.getpid(), signal.SIGINT)\n"
             "time.sleep(0.2)\nprint('alive')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -14,13 +14,21 @@ import torch
 from _shard_helpers import fingerprint, map_agreement, palette_faces, shard
 from PIL import Image
 
-from fsfm_fast import pretrain
-from fsfm_fast.cli import UsageError
 from fsfm_fast.data import FLIP_LABELS, make_shards, render_face, write_synthetic_dataset
 from fsfm_fast.data.loaders import build_loader, dataset_mean_std, detect_layout, face_dataset
-from fsfm_fast.run_log import read_log
-from fsfm_fast.data.shards import (DeviceDecoder, ShardDataset, collate_raw, crop_flip_resize, format_index,
-                                   load_manifest, read_index)
+from fsfm_fast.data.shards import (
+    DeviceDecoder,
+    ShardDataset,
+    collate_raw,
+    crop_flip_resize,
+    format_index,
+    load_manifest,
+    read_index,
+)
+from fsfm_fast.engine.run_log import read_log
+from fsfm_fast.formats import MEAN_STD_FILE
+from fsfm_fast.pretrain.__main__ import main as pretrain_main
+from fsfm_fast.runtime.cli import UsageError
 
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
@@ -211,7 +219,7 @@ def test_truncated_tar_names_the_shard_and_the_offset(jpg_shards, tmp_path):
 
 
 def test_make_shards_errors_are_one_line(faces, tmp_path, capsys):
-    from fsfm_fast import cli
+    from fsfm_fast.runtime import cli
     run = lambda *argv: cli.run(make_shards.main, "fsfm_fast.data.make_shards", list(argv))  # noqa: E731
     assert run(str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")) == 2
     assert capsys.readouterr().err == f"fsfm_fast.data.make_shards: error: source folder {tmp_path / 'nowhere'} does not exist\n"
@@ -394,10 +402,10 @@ def test_pretraining_runs_on_shards(tmp_path):
     argv = ["--data_path", str(shards), "--output_dir", str(out), "--model", "fsfm_vit_tiny_patch16",
             "--input_size", "112", "--batch_size", "4", "--epochs", "1", "--warmup_epochs", "0", "--max_steps", "3",
             "--num_workers", "0", "--device", "cpu", "--loader", "torch", "--augment", "--log_every", "1"]
-    assert pretrain.main(argv) == 0
+    assert pretrain_main(argv) == 0
     rows = read_log(out / "log.jsonl")
     assert rows[-1]["step"] == 3 and all(np.isfinite(r["loss"]) for r in rows)
-    stats = json.loads((out / pretrain.MEAN_STD_FILE).read_text().splitlines()[0])
+    stats = json.loads((out / MEAN_STD_FILE).read_text().splitlines()[0])
     assert stats["mean"] == load_manifest(shards)["mean"]
 
 

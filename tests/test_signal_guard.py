@@ -13,7 +13,7 @@ ROOT = TESTS.parent
 
 INTERRUPTED_RUN = """
 import os, signal, subprocess
-from fsfm_fast.signals import StopSignal
+from fsfm_fast.runtime.signals import StopSignal
 
 def test_a_signal_a_test_sends_itself_is_not_sent_again():
     with StopSignal() as stop:

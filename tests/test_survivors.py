@@ -8,10 +8,10 @@ import stat
 import pytest
 import torch
 
-from fsfm_fast import checkpoint
+from fsfm_fast.engine import checkpoint
 from fsfm_fast.data.labelled import FAKE, REAL, folder_label
 from fsfm_fast.prepare.faces import Box, box_in_crop, crop_region, implied_box
-from fsfm_fast.schedules import ema_momentum
+from fsfm_fast.engine.schedules import ema_momentum
 
 # ------------------------------------------------------------------------------ checkpoint
 

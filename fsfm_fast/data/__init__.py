@@ -3,8 +3,9 @@
 Shards (``make_shards``, ``shards``), DALI (``dali``) and the loader builder (``loaders``) are
 submodules imported where used, so importing this package stays light."""
 
-from .faces import FLIP_LABELS, NUM_LABELS, FaceTransform, augment_params, collate_faces, parsing_map_problem
+from .faces import FaceTransform, augment_params, collate_faces, parsing_map_problem
 from .folder import FaceParsingFolder, compute_mean_std
+from .labels import FLIP_LABELS, NUM_LABELS
 from .sampler import EpochSampler, batches_per_epoch
 from .synthetic import render_face, write_synthetic_dataset
 

@@ -21,7 +21,8 @@ import importlib
 import numpy as np
 import torch
 
-from .faces import CROP_RATIO, CROP_SCALE, FLIP_LABELS, NUM_LABELS, rgb_triple
+from .faces import CROP_AREA, CROP_RATIO, rgb_triple
+from .labels import FLIP_LABELS, NUM_LABELS
 from .shards import MAP_EXT, load_manifest
 
 READER = "reader"
@@ -74,7 +75,7 @@ def face_pipeline(tars: list[str], indexes: list[str], *, batch_size: int, input
         source = fn.pad(fn.get_property(encoded, key="source_info"), axes=[0])
         flip, roi = 0, {}
         if augment:
-            anchor, extent = fn.random_crop_generator(fn.peek_image_shape(encoded), random_area=list(CROP_SCALE),
+            anchor, extent = fn.random_crop_generator(fn.peek_image_shape(encoded), random_area=list(CROP_AREA),
                                                       random_aspect_ratio=list(CROP_RATIO))
             start = fn.cast(anchor, dtype=types.FLOAT)
             roi = {"roi_start": start, "roi_end": start + fn.cast(extent, dtype=types.FLOAT)}

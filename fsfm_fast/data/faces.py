@@ -1,13 +1,9 @@
 """What every face dataset shares, whatever its storage (reference folders, shards, DALI).
 
-The LaPa-11 label convention and the check of a parsing map, the ``(index, epoch)`` sample key, the
-seeded augmentation draw, the transform that moves an image and its map together, the record of a
-sample that could not be used, and the collate that drops such samples (counted and named).
-
-A flip swaps the left/right labels (2<->3 brows, 4<->5 eyes): the labels name the subject's side,
-and in a mirrored picture the part now on the other side of the image is the mirrored subject's
-other side, so without the swap flipped samples would contradict the labelling convention. CRFR-P
-masking groups left and right together, so the swap never changes a mask.
+The check of a parsing map (LaPa-11 labels, ``data.labels``), the ``(index, epoch)`` sample key, the
+seeded augmentation draw, the transform that moves an image and its map together (a flip swaps the
+left/right labels), the record of a sample that could not be used, and the collate that drops such
+samples (counted and named).
 """
 from __future__ import annotations
 
@@ -15,13 +11,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-NUM_LABELS = 11
-CROP_SCALE = (0.2, 1.0)
-CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+from .labels import FLIP_LABELS, NUM_LABELS
 
-# mirror image: left and right brows (2, 3) and eyes (4, 5) trade places
-FLIP_LABELS = np.arange(256, dtype=np.uint8)
-FLIP_LABELS[[2, 3, 4, 5]] = [3, 2, 5, 4]
+# --augment's random resized crop: the share of the image's area kept, and the aspect ratio range
+# (a face crop's enlargement around its detector box is prepare's CROP_SCALE, another thing)
+CROP_AREA = (0.2, 1.0)
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 def rgb_triple(values, name: str) -> tuple[float, float, float]:
@@ -61,7 +56,7 @@ def sample_key(key, length: int) -> tuple[int, int]:
 
 
 def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
-                            scale=CROP_SCALE, ratio=CROP_RATIO) -> tuple[int, int, int, int]:
+                            scale=CROP_AREA, ratio=CROP_RATIO) -> tuple[int, int, int, int]:
     """A crop box (left, top, right, bottom) covering ``scale`` of the area with aspect in ``ratio``;
     after 10 failed draws, the largest centred box whose aspect fits ``ratio``."""
     area = width * height

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from ..cli import UsageError
+from ..runtime.cli import UsageError
 from .labelled import LABEL_NAMES, Sample, samples_from
 
 VAL_SPLIT_FILE = "val_split.txt"

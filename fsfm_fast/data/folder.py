@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..signals import ignore_stop_signals
+from ..runtime.signals import ignore_stop_signals
 from .faces import FaceTransform, collate_faces, parsing_map_problem, sample_key
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..cli import UsageError
-from ..prepare.splits import FRAME_MARK, SPLITS  # the names prepare writes are the names read here
+from ..runtime.cli import UsageError
 from .faces import sample_key
+from .labels import FRAME_MARK, SPLITS
 
 REAL, FAKE = 0, 1
 LABEL_NAMES = ("real", "fake")

@@ -17,8 +17,6 @@ start_index)`` then ``iter(loader)``, sharded by (rank, world_size), seeded by `
 from __future__ import annotations
 
 import bisect
-import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..signals import ignore_stop_signals
+from ..formats import mean_std_record, write_mean_std
+from ..runtime.cli import UsageError
+from ..runtime.signals import ignore_stop_signals
 from .faces import collate_faces, sample_key
 from .folder import FaceParsingFolder, compute_mean_std, pixel_mean_std
-from .sampler import EpochSampler
+from .labelled import collate_labelled
+from .sampler import BalancedBatchSampler, EpochSampler, batches_per_epoch
 from .shards import DeviceDecoder, RawShards, ShardDataset, collate_raw, combined_mean_std, is_shard_folder
 
 LOADERS = ("auto", "dali", "torch")
@@ -107,18 +108,13 @@ def cached_mean_std(path, paths, input_size: int, max_samples: int = 0, num_work
     path = Path(path)
     source = {"data_paths": [str(Path(p).resolve()) for p in paths], "input_size": int(input_size),
               "mean_std_samples": int(max_samples)}
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        cached = None
+    cached = mean_std_record(path)
     if reuse_only or (isinstance(cached, dict) and {k: cached.get(k) for k in source} == source):
         return cached["mean"], cached["std"]
     if isinstance(cached, dict):
         say(f"{path} was computed for {({k: cached.get(k) for k in source})}; recomputing for this run's data")
     mean, std = dataset_mean_std(paths, input_size, max_samples=max_samples, num_workers=num_workers, seed=seed)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"mean": mean, "std": std, **source}) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_mean_std(path, mean, std, **source)
     return mean, std
 
 
@@ -263,8 +259,28 @@ def build_loader(paths, mean, std, *, input_size: int, batch_size: int, augment:
     return TrainData(dataset, sampler, torch_loader, kind, len(torch_loader), batch_size)
 
 
-def build_train_data(args, paths, mean_std, rank: int = 0, world_size: int = 1, device="cpu") -> TrainData:
-    """``build_loader`` configured from ``python -m fsfm_fast.pretrain``'s arguments."""
-    return build_loader(paths, *mean_std, input_size=args.input_size, batch_size=args.batch_size, augment=args.augment,
-                        seed=args.seed, loader=getattr(args, "loader", "auto"), rank=rank, world_size=world_size,
-                        device=device, num_workers=args.num_workers)
+def labelled_train_data(dataset: Dataset, *, batch_size: int, num_workers: int, seed: int, rank: int = 0,
+                        world_size: int = 1, device="cpu", groups: list[list[int]] | None = None,
+                        iters_per_epoch: int = 0) -> TrainData:
+    """The training batches of labelled images (``data.labelled``) for this rank. Without ``groups``:
+    shuffled batches of ``batch_size`` over the whole set, an epoch being one pass. With ``groups``
+    (lists of sample indices, such as FAS's (domain, class) groups): ``batch_size`` samples of each group
+    per batch (``BalancedBatchSampler``), ``iters_per_epoch`` batches an epoch."""
+    device = torch.device(device)
+    if groups is None:
+        iters_per_epoch = batches_per_epoch(len(dataset), batch_size, world_size)
+        if iters_per_epoch < 1:
+            raise UsageError(f"{len(dataset)} training images cannot fill one batch of {batch_size} on each "
+                             f"of {world_size} processes")
+        sampler = EpochSampler(len(dataset), num_replicas=world_size, rank=rank, seed=seed, shuffle=True,
+                               drop_last=True, batch_size=batch_size)
+        batching, kind = {"batch_size": batch_size, "sampler": sampler, "drop_last": True}, "labelled images"
+    else:
+        sampler = BalancedBatchSampler(groups, batch_size, iters_per_epoch, num_replicas=world_size, rank=rank, seed=seed)
+        batching, kind, batch_size = {"batch_sampler": sampler}, "balanced (domain, class) batches", sampler.batch_size
+    # Its own generator: starting an epoch must not draw from the global stream that drop path uses,
+    # or a resumed run would diverge. The samples are augmented from per-sample seeds.
+    loader = DataLoader(dataset, **batching, num_workers=num_workers, collate_fn=collate_labelled,
+                        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+                        worker_init_fn=ignore_stop_signals, generator=torch.Generator())
+    return TrainData(dataset, sampler, loader, kind, iters_per_epoch, batch_size)

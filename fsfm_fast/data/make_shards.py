@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import cli
-from ..cli import UsageError
-from .faces import NUM_LABELS, parsing_map_problem
+from ..runtime import cli
+from ..runtime.cli import UsageError
+from .faces import parsing_map_problem
 from .folder import as_roots, scan_reference_layout
+from .labels import NUM_LABELS
 from .shards import FORMAT, MANIFEST_NAME, MAP_EXT, format_index
 
 PLAN_NAME = "plan.json"

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .faces import FLIP_LABELS, FaceTransform, parsing_map_problem, rgb_triple, sample_key
+from .faces import FaceTransform, parsing_map_problem, rgb_triple, sample_key
+from .labels import FLIP_LABELS
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "fsfm_fast.shards/1"

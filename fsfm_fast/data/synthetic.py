@@ -25,11 +25,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..cli import available_cpus
-
-NUM_LABELS = 11
-(BACKGROUND, SKIN, LEFT_BROW, RIGHT_BROW, LEFT_EYE, RIGHT_EYE, NOSE,
- UPPER_LIP, INNER_MOUTH, LOWER_LIP, HAIR) = range(NUM_LABELS)
+from ..runtime.cli import available_cpus
+from .labels import (
+    BACKGROUND,
+    HAIR,
+    INNER_MOUTH,
+    LEFT_BROW,
+    LEFT_EYE,
+    LOWER_LIP,
+    NOSE,
+    RIGHT_BROW,
+    RIGHT_EYE,
+    SKIN,
+    UPPER_LIP,
+)
 
 # Bump when the drawing changes: a dataset written by another version is not silently reused.
 GENERATOR_VERSION = 1

@@ -15,11 +15,13 @@ first one's in every frame, a crude face swap that gives the fine-tuning layout 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .forgery import VIDEO_KINDS, manipulate, real_video
 from .synthetic import BACKGROUND, HAIR, LEFT_EYE, RIGHT_EYE, SKIN, _Canvas, _draw_background, render_face
 
 FACE_RENDER_SIZE = 224
@@ -129,8 +131,6 @@ def write_synthetic_videos(root, num_videos: int = 3, num_fakes: int = 0, num_fr
                            height: int = 240, fps: int = 25, seed: int = 0) -> list[Path]:
     """Write ``num_videos`` real videos (``<root>/real/synth_video_<k>.mp4``) and ``num_fakes`` face-swapped
     ones (``<root>/fake/synth_swap_<k>.mp4``); returns their paths. Deterministic in ``seed``."""
-    from ..prepare.video import write_video
-
     root = Path(root)
     paths = []
     for k in range(num_videos):
@@ -154,8 +154,6 @@ def write_forgery_videos(root, people: int = 1, num_frames: int = 8, composite: 
     frames. ``composite``: the generator's 224 px frames become a moving face on a cluttered background
     (``width`` x ``height``), as a camera would film a person; otherwise the video is the generator's
     frames themselves, drawn at ``size`` px. Returns ``(path, kind)`` pairs, kind "real" or a manipulation."""
-    from ..prepare.video import write_video
-    from .forgery import VIDEO_KINDS, manipulate, real_video
 
     root = Path(root)
     written = []
@@ -171,3 +169,39 @@ def write_forgery_videos(root, people: int = 1, num_frames: int = 8, composite: 
                 frames, _ = moving_face_frames(seed * 1000 + k, num_frames, width, height, faces=list(zip(frames, labels)))
             written.append((write_video(root / kind / f"{kind}_{k}.mp4", frames, fps), kind))
     return written
+
+
+def write_video(path, frames, fps: int = 25, *, codec: str = "libx264", crf: int = 18, keyframe_interval: int = 12
+                ) -> Path:
+    """Encode RGB uint8 frames ``[H, W, 3]`` (all the same size, even sides for yuv420p) to ``path``.
+
+    Written to a temporary name and renamed, so a killed run never leaves a truncated video.
+    ``keyframe_interval`` keeps seeking cheap in short test videos.
+    """
+    try:
+        import av  # PyAV is an optional extra, needed only here
+    except ImportError as exc:
+        raise ImportError("writing videos needs PyAV: pip install 'fsfm_fast[prepare]' (or pip install av)") from exc
+    frames = list(frames)
+    if not frames:
+        raise ValueError("write_video needs at least one frame")
+    h, w = frames[0].shape[:2]
+    if h % 2 or w % 2:
+        raise ValueError(f"frame size {w}x{h}: width and height must be even for yuv420p video")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        with av.open(str(tmp), "w") as container:
+            stream = container.add_stream(codec, rate=fps)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(keyframe_interval)}
+            for image in frames:
+                if image.shape != (h, w, 3) or image.dtype != np.uint8:
+                    raise ValueError(f"every frame must be uint8 [{h}, {w}, 3], got {image.dtype} {image.shape}")
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -32,7 +32,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, safe_load
+from fsfm_fast.formats import CheckpointError, load_state_dict_strict, safe_load
 from fsfm_fast.models.detector import (ADAPTER_FORMAT, DetectorConfig, PretrainedEncoder, detector_config,
                                        load_pretrained_encoder)
 

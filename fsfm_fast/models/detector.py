@@ -17,7 +17,6 @@ its frozen encoder file; ``load_detector`` reads both kinds.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -27,19 +26,16 @@ from typing import Any
 
 import timm
 import torch
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, preview, safe_load
-from fsfm_fast.models import timm_models  # registers the FSFM names with timm
+from fsfm_fast.formats import (ADAPTER_FORMAT, DETECTOR_FORMAT, IMAGENET_MEAN, IMAGENET_STD,
+                               CheckpointError, find_mean_std, load_state_dict_strict, preview, read_weights, safe_load)
+from fsfm_fast.models import timm_models  # noqa: F401  (registers the FSFM names with timm)
 from fsfm_fast.models.configs import get_config
 from fsfm_fast.models.heads import ADAPTERS, HEADS, build_head
 
-DETECTOR_FORMAT = "fsfm_fast.detector/1"
-ADAPTER_FORMAT = "fsfm_fast.adapter/1"  # trained parts only, the encoder by reference (models.adapter)
-PRETRAIN_FORMAT = "fsfm_fast.pretrain/1"
 POOLINGS = {"avg": "avg", "cls": "token"}  # our name -> timm's
 EVAL_RESIZES = ("crop", "plain")
 
@@ -86,48 +82,6 @@ class PretrainedEncoder:
     mean_std: tuple[list[float], list[float]] | None = None
     mean_std_source: str | None = None
     pretrained_model: str | None = None  # the model name the checkpoint records, when it does
-
-
-def read_mean_std(path: str | os.PathLike) -> tuple[list[float], list[float]]:
-    """``{"mean": [3 floats], "std": [3 floats]}`` from the first line of a ``pretrain_ds_mean_std.txt``."""
-    path = Path(path)
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
-        mean, std = [float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]
-    except (OSError, IndexError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"cannot read the mean/std file {path}: expected one JSON line "
-                              f'{{"mean": [r, g, b], "std": [r, g, b]}} ({type(exc).__name__}: {exc})') from None
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or not all(map(math.isfinite, mean + std)):
-        raise CheckpointError(f"{path}: mean and std must be 3 finite values each, std > 0; got {mean}, {std}")
-    return mean, std
-
-
-def read_weights(path: Path) -> tuple[dict, Mapping[str, torch.Tensor], str]:
-    """(whole file as a dict, its state_dict, kind) for every file format we accept; safetensors and
-    plain state_dicts have no checkpoint around them (``{}``)."""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot load safetensors file {path}: {exc}") from None
-        return {}, state, "safetensors"
-    obj = safe_load(path)
-    if obj.get("format") == PRETRAIN_FORMAT:
-        return obj, obj["model"], "fsfm_fast pretraining"
-    if obj.get("format") == DETECTOR_FORMAT:
-        return obj, obj["model"], "fsfm_fast detector"
-    if isinstance(obj.get("model"), Mapping):
-        return obj, obj["model"], "reference"
-    if isinstance(obj.get("state_dict"), Mapping):
-        return obj, obj["state_dict"], "state_dict"
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {}, obj, "state_dict"
-    raise CheckpointError(f"{path} holds no weights: expected a 'model' or 'state_dict' entry or a "
-                          f"plain state_dict; its top-level keys are {list(obj)[:8]}")
 
 
 def _recorded_model(obj: dict) -> str | None:
@@ -205,27 +159,12 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -
     refuse_misfit(f"{path} ({kind}) does not fit the encoder of {name}"
                   + (f" (it was pretrained as {recorded})" if recorded else ""), absent, wrong)
     model.load_state_dict(selected, strict=False)  # refuse_misfit left exactly the head keys missing
-    mean_std, source = _find_mean_std(path, obj)
+    mean_std, source = find_mean_std(path, obj)
     return PretrainedEncoder(
         path=str(path), kind=kind, loaded=sorted(selected), ignored=sorted(k for k in state if k not in selected),
         missing=sorted(expected_missing), pos_embed_resampled_from=resampled, mean_std=mean_std,
         mean_std_source=source, pretrained_model=recorded,
     )
-
-
-def _find_mean_std(path: Path, obj: dict) -> tuple[tuple[list[float], list[float]] | None, str | None]:
-    from fsfm_fast.pretrain import MEAN_STD_FILE  # here: pretrain imports this package
-    beside = path.parent / MEAN_STD_FILE
-    if beside.is_file():
-        return read_mean_std(beside), str(beside)
-    for key in ("mean_std", "detector"):
-        stats = obj.get(key)
-        if isinstance(stats, Mapping) and "mean" in stats and "std" in stats:
-            return ([float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]), f"{path} ({key})"
-    stats = (timm_models.read_timm_config(path.parent) or {}).get("pretrained_cfg")  # an export's model.safetensors
-    if isinstance(stats, Mapping) and "mean" in stats and "std" in stats:
-        return ([float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]), str(path.parent / "config.json")
-    return None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,8 +179,8 @@ class DetectorConfig:
     global_pool: str = "avg"
     num_classes: int = 2
     drop_path_rate: float = 0.1
-    mean: tuple[float, ...] = tuple(IMAGENET_DEFAULT_MEAN)
-    std: tuple[float, ...] = tuple(IMAGENET_DEFAULT_STD)
+    mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
+    std: tuple[float, ...] = tuple(IMAGENET_STD)
     labels: tuple[str, ...] = ("real", "fake")  # class index -> name; the score is P(labels[1])
     eval_resize: str = "crop"  # "crop": resize to img_size / crop_pct, centre crop; "plain": resize to img_size
     crop_pct: float = 0.875

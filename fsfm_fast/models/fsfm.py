@@ -14,7 +14,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from fsfm_fast import ops
-from fsfm_fast.checkpoint import safe_load, state_mismatch
+from fsfm_fast.formats import safe_load, state_mismatch
 from fsfm_fast.models.configs import ModelConfig, get_config
 from fsfm_fast.models.pos_embed import sincos_2d
 

@@ -26,7 +26,6 @@ one of an export's ``config.json`` beside it. An export folder loads whole with
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from timm.models import build_model_with_cfg, load_pretrained, register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from fsfm_fast.formats import IMAGENET_MEAN, IMAGENET_STD, find_mean_std, read_weights
 from fsfm_fast.models.configs import MODEL_CONFIGS, get_config
 from fsfm_fast.models.heads import build_head
 
@@ -49,8 +49,8 @@ def _cfg(name: str) -> dict[str, Any]:
     # The mean/std here are ImageNet's, timm's default: each FSFM model is normalised with the statistics
     # of its own pretraining set, which come with its weights (see the module docstring).
     return {"num_classes": 0, "input_size": (3, 224, 224), "fixed_input_size": True, "interpolation": "bicubic",
-            "crop_pct": EVAL_CROP_PCT, "crop_mode": "center", "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225), "first_conv": "patch_embed.proj", "classifier": "head",
+            "crop_pct": EVAL_CROP_PCT, "crop_mode": "center", "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD, "first_conv": "patch_embed.proj", "classifier": "head",
             "paper_name": PAPER, "paper_ids": "arXiv:2412.12032",
             "description": f"FSFM {name.split('_')[2]} encoder; weights come from a file you name (file=...)"}
 
@@ -109,13 +109,12 @@ def _create(name: str, pretrained: bool = False, **kwargs: Any) -> VisionTransfo
 def read_pretrained_file(path: str | Path) -> dict[str, Any]:
     """``{"state_dict": ..., "num_classes": ..., "mean": ..., "std": ...}`` of a weights file: its
     weights and the pretrained cfg entries they imply (mean/std only when the file comes with them)."""
-    from fsfm_fast.models.detector import _find_mean_std, read_weights  # here: detector imports this module
     path = Path(path)
     obj, state, _ = read_weights(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     head = state.get("head.weight")
     out: dict[str, Any] = {"state_dict": state, "num_classes": int(head.shape[0]) if hasattr(head, "shape") else 0}
-    mean_std, _ = _find_mean_std(path, obj)
+    mean_std, _ = find_mean_std(path, obj)
     if mean_std is not None:
         out["mean"], out["std"] = tuple(mean_std[0]), tuple(mean_std[1])
     return out
@@ -131,15 +130,6 @@ def weights_grid(state: dict[str, Any]) -> int | None:
     pos = state.get("pos_embed")
     side = math.isqrt(pos.shape[1] - 1) if getattr(pos, "ndim", 0) == 3 and pos.shape[1] > 1 else 0
     return side if side and side * side == pos.shape[1] - 1 else None
-
-
-def read_timm_config(folder: str | Path) -> dict | None:
-    """The ``config.json`` of a timm / Hugging Face model folder (an export), or None when there is none."""
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
 
 
 def fit_to_model(state: dict[str, Any], model: VisionTransformer) -> dict[str, Any]:
@@ -171,5 +161,5 @@ for _name in MODEL_CONFIGS:
     globals()[_name] = register_model(_entrypoint(_name))
 
 __all__ = [*MODEL_CONFIGS, "TIMM_ARCHITECTURES", "architecture_args", "default_cfgs", "fit_to_model",
-           "read_pretrained_file", "read_timm_config"]
+           "read_pretrained_file"]
 del _name

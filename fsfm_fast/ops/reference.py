@@ -11,7 +11,8 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-NUM_LABELS = 11
+from ..data.labels import NUM_LABELS
+
 GROUP_NAMES = ("brows", "eyes", "nose", "mouth", "boundary", "hair", "skin", "background")
 NUM_REGIONS = 6  # the region R is drawn from the first six groups
 STRATEGIES = ("crfr_p", "crfr_r", "fr", "random")

@@ -7,8 +7,8 @@ imported only when a function needs them.
 from .faces import (CROP_SCALE, CROP_SIZE, DETECTORS, Box, DlibHogDetector, FaceDetector, OpenCVCascadeDetector,
                     crop_face, crop_region, largest_face, make_detector)
 from .splits import video_id
-from .video import VideoError, count_frames, sample_frames, sample_indices, write_video
+from .video import VideoError, count_frames, sample_frames, sample_indices
 
 __all__ = ["CROP_SCALE", "CROP_SIZE", "DETECTORS", "Box", "DlibHogDetector", "FaceDetector", "OpenCVCascadeDetector",
            "VideoError", "count_frames", "crop_face", "crop_region", "largest_face", "make_detector",
-           "sample_frames", "sample_indices", "video_id", "write_video"]
+           "sample_frames", "sample_indices", "video_id"]

@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from .. import cli
-from ..signals import StopSignal
+from ..runtime import cli
+from ..runtime.signals import StopSignal
 from .faces import CROP_SCALE, CROP_SIZE, DETECTORS
 from .inputs import IMAGE, MANIFEST, VIDEO, Input, scan
 from .runner import PARSERS, Plan, run

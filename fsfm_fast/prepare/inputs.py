@@ -21,7 +21,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .splits import FRAME_MARK
+from ..data.labels import FRAME_MARK
 from .video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")

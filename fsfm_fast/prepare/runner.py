@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .. import cli
-from ..run_log import RunLog
-from ..signals import StopSignal
+from ..runtime import cli
+from ..engine.run_log import RunLog
+from ..runtime.signals import StopSignal
 from .faces import CROP_SCALE, CROP_SIZE, box_in_crop, crop_face, crop_region, largest_face, make_detector
 from .inputs import IMAGE, MANIFEST, SKIPPED, VIDEO, Input, NameClash, check_unique, select_shard
-from .splits import FRAME_MARK
+from ..data.labels import FRAME_MARK
 from .video import VideoError, sample_frames
 
 STATE_DIR = ".prepare"

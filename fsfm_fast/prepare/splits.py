@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
-FRAME_MARK = "_frame_"
+from ..data.labels import FRAME_MARK, SPLITS
 
 
 def video_id(stem: str) -> str:

@@ -1,4 +1,4 @@
-"""Reading frames out of videos and writing short videos, with PyAV (FFmpeg inside the wheel).
+"""Reading frames out of videos, with PyAV (FFmpeg inside the wheel).
 
 Why PyAV: its wheels carry FFmpeg (libx264, libvpx, NVDEC), so ``pip install av`` is all a machine
 needs; torchcodec needs FFmpeg installed on the system, and decord has not been released since 2021.
@@ -11,9 +11,6 @@ the stream's average rate; this is exact for constant-frame-rate videos (FaceFor
 DFDC) and the usual approximation for variable rates.
 """
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -150,36 +147,3 @@ def decode_all_frames(path) -> list[np.ndarray]:
             return [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
         except (av.FFmpegError, ValueError) as exc:
             raise VideoError(f"undecodable video ({exc})") from None
-
-
-def write_video(path, frames, fps: int = 25, *, codec: str = "libx264", crf: int = 18, keyframe_interval: int = 12
-                ) -> Path:
-    """Encode RGB uint8 frames ``[H, W, 3]`` (all the same size, even sides for yuv420p) to ``path``.
-
-    Written to a temporary name and renamed, so a killed run never leaves a truncated video.
-    ``keyframe_interval`` keeps seeking cheap in short test videos.
-    """
-    av = _av()
-    frames = list(frames)
-    if not frames:
-        raise ValueError("write_video needs at least one frame")
-    h, w = frames[0].shape[:2]
-    if h % 2 or w % 2:
-        raise ValueError(f"frame size {w}x{h}: width and height must be even for yuv420p video")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        with av.open(str(tmp), "w") as container:
-            stream = container.add_stream(codec, rate=fps)
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(keyframe_interval)}
-            for image in frames:
-                if image.shape != (h, w, 3) or image.dtype != np.uint8:
-                    raise ValueError(f"every frame must be uint8 [{h}, {w}, 3], got {image.dtype} {image.shape}")
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

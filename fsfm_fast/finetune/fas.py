@@ -39,36 +39,40 @@ the fourth (``--synthetic_target``) is tested, on the CPU in minutes.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from . import cli
-from .checkpoint import plain_args, safe_load
-from .data.fas import FASData, VAL_SPLIT_FILE, fas_train_transform, load_fas_data, write_split
-from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map
-from .data.sampler import BalancedBatchSampler
-from .data.spoof import DEFAULT_TARGET, DOMAINS, write_spoof_benchmark
-from .devices import device_type, fused
-from .data.loaders import TrainData
-from .distributed import DistInfo, barrier, process_group
-from .evaluate import Scores, eval_transform, parse_tests, score_dataset
-from .finetune import (DetectionLoss, add_adapter_flags, detector_checkpointing, load_encoder, normalisation,
-                       parse_with_defaults, run_place, validator)
-from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainingParts
-from .metrics import fas_levels
-from .models import list_models
-from .models.detector import DetectorConfig
-from .run_log import RunLog
-from .signals import ignore_stop_signals
+from .. import demo
+from ..data.fas import VAL_SPLIT_FILE, FASData, fas_train_transform, load_fas_data, write_split
+from ..data.labelled import LabelledImages, Sample, parse_class_map
+from ..data.loaders import labelled_train_data
+from ..data.spoof import DEFAULT_TARGET, DOMAINS, write_spoof_benchmark
+from ..engine.checkpoint import plain_args
+from ..engine.run_log import RunLog
+from ..engine.trainer import RunSettings, Selection, Task, Trainer, open_run, whole_cycles
+from ..evaluate import Scores, eval_transform, parse_tests, score_dataset
+from ..formats import safe_load
+from ..metrics import fas_levels
+from ..models import list_models
+from ..models.detector import DetectorConfig
+from ..runtime import cli, flags
+from ..runtime.devices import device_type, fused
+from ..runtime.distributed import DistInfo, barrier, process_group
+from .deepfake import (
+    DetectionLoss,
+    add_adapter_flags,
+    detector_checkpointing,
+    load_encoder,
+    normalisation,
+    run_place,
+    validator,
+)
 
 EVALUATIONS = {
     "honest": "honest: checkpoint and threshold chosen on held-out source data",
@@ -76,7 +80,6 @@ EVALUATIONS = {
 }
 REPORTED = ("hter", "auc", "tpr_at_fpr_1pct")
 SELECT_MODES = {"hter": "min", "auc": "max", "loss": "min"}
-DEMO_DATA_DIR = "synthetic_fas"
 # What a run with no --source/--target uses for every flag the user did not set: a tiny model on the
 # synthetic benchmark at 64 px, sized to finish in minutes on a laptop CPU; a larger lr than the
 # recipe's, because 300 iterations are not 4000.
@@ -91,7 +94,7 @@ DEMO_DEFAULTS = {
     "val_fraction": 0.25,
     "num_workers": 2,
     "log_every": 10,
-    "output_dir": "output_demo_fas",
+    "output_dir": demo.FAS_DIR,
     "finetune": "auto",
 }
 # What --adapter fs changes when the flags are not given: the authors' FS-Adapter script for FAS.
@@ -105,7 +108,7 @@ def get_args_parser():
     g.add_argument("--input_size", default=224, type=int)
     g.add_argument("--finetune", "--pt_model", dest="finetune", default="",
                    help="pretrained encoder (as fsfm_fast.finetune --finetune); 'auto' (the demo's default) takes the "
-                        "newest output_demo/checkpoint-*.pth if there is one")
+                        "newest " + demo.PRETRAIN_DIR + "/checkpoint-*.pth if there is one")
     g.add_argument("--head", default="fas", choices=["fas", "linear"],
                    help="fas: the reference's head (bottleneck 512, dropout, feature scaling, normalised weights)")
     g.add_argument("--drop_path", default=0.0, type=float, help="the reference's FAS default is 0")
@@ -124,7 +127,7 @@ def get_args_parser():
     g.add_argument("--normalize_from_IMN", action="store_true",
                    help="ImageNet mean/std instead of the pretraining set's")
     g.add_argument("--mean_std", default=None, help="a pretrain_ds_mean_std.txt (default: the one beside --finetune)")
-    g.add_argument("--num_workers", default=4, type=int)
+    flags.add_worker_flag(g, 4)
     g.add_argument("--synthetic_target", default=DEFAULT_TARGET, choices=list(DOMAINS),
                    help="demo: the synthetic domain held out (the others train)")
     g.add_argument("--synthetic_identities", default="24,12", help="demo: people per domain in train,test")
@@ -135,10 +138,8 @@ def get_args_parser():
     g.add_argument("--iterations", default=4000, type=int)
     g.add_argument("--lr", default=1e-4, type=float, help="Adam learning rate (constant)")
     g.add_argument("--weight_decay", default=1e-6, type=float, help="Adam's L2 weight decay")
-    g.add_argument("--clip_grad", default=0.0, type=float, help="max grad norm; 0 disables (the reference's)")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
-    g.add_argument("--max_nonfinite", default=20, type=int)
+    flags.add_step_flags(g, clip_grad=0.0, clip_help="max grad norm; 0 disables (the reference's)")
+    flags.add_device_flags(g)
 
     g = p.add_argument_group("selection and evaluation")
     g.add_argument("--eval_every", default=100, type=int, help="validate (and select) every N iterations")
@@ -149,18 +150,18 @@ def get_args_parser():
 
     g = p.add_argument_group("run")
     g.add_argument("--seeds", default="0,1,2,3,4", help="one run per seed, reported as mean ± std")
-    g.add_argument("--output_dir", default="output_fas")
-    g.add_argument("--resume", default="", choices=["", "auto"],
-                   help="auto: each seed continues from its newest checkpoint in seed_<s>/")
-    g.add_argument("--keep_last", default=1, type=int)
-    g.add_argument("--log_every", default=20, type=int)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    flags.add_run_flags(g, output_dir="output_fas", keep_last=1, save_every=0, seed=False,
+                        resume_help="auto: each seed continues from its newest checkpoint in seed_<s>/")
     return p
 
 
 def parse_args(argv: list[str] | None = None):
-    args = parse_with_defaults(get_args_parser(), argv, lambda a: not a.source and a.target is None, DEMO_DEFAULTS,
-                               ADAPTER_DEFAULTS)
+    args = demo.parse_with_defaults(get_args_parser(), argv, lambda a: not a.source and a.target is None, DEMO_DEFAULTS,
+                                    [(lambda a: a.adapter == "fs", ADAPTER_DEFAULTS)])
+    flags.check(args)
+    if args.resume not in ("", "auto"):
+        raise cli.UsageError(f"--resume takes 'auto' here (each seed continues from its newest checkpoint in "
+                             f"seed_<s>/), got {args.resume!r}")
     try:
         args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -174,8 +175,7 @@ def parse_args(argv: list[str] | None = None):
               (0 <= args.val_fraction < 1, f"--val_fraction must be in [0, 1), got {args.val_fraction}"),
               (0 <= args.drop_path < 1 and args.weight_cl >= 0 and args.temperature > 0,
                "--drop_path must be in [0, 1), --weight_cl >= 0, --temperature > 0"),
-              (args.num_workers >= 0 and args.keep_last >= 1 and args.eval_batch_size >= 1,
-               "--num_workers must be >= 0, --keep_last and --eval_batch_size >= 1")]
+]
     for ok, message in checks:
         if not ok:
             raise cli.UsageError(message)
@@ -193,7 +193,7 @@ def parse_args(argv: list[str] | None = None):
 
 def demo_domains(args, info: DistInfo) -> None:
     """Write the synthetic benchmark (once) and point --source/--target at it."""
-    root = Path(args.output_dir) / DEMO_DATA_DIR
+    root = Path(args.output_dir) / demo.SPOOF_DATA
     try:
         train, test = (int(x) for x in args.synthetic_identities.split(","))
     except ValueError:
@@ -208,19 +208,6 @@ def demo_domains(args, info: DistInfo) -> None:
     barrier(info)
     args.sources = {d: str(root / d) for d in DOMAINS if d != args.synthetic_target}
     args.target_domain = (args.synthetic_target, str(root / args.synthetic_target))
-
-
-def train_data(data: FASData, transform, args, seed: int, info: DistInfo, device) -> TrainData:
-    """Balanced batches of the source frames: ``batch_per_group`` of each (domain, class) per process."""
-    dataset = LabelledImages(data.train, transform, seed=seed)
-    sampler = BalancedBatchSampler(list(data.groups.values()), args.batch_per_group, args.eval_every,
-                                   num_replicas=info.world_size, rank=info.rank, seed=seed)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers, collate_fn=collate_labelled,
-                        pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0,
-                        worker_init_fn=ignore_stop_signals,
-                        generator=torch.Generator())
-    return TrainData(dataset, sampler, loader, "balanced (domain, class) batches", args.eval_every,
-                     sampler.batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,23 +349,30 @@ def run_seed(args, seed: int, data: FASData, info: DistInfo, device, amp_dtype) 
     honest = Selection("best", "val", args.select_metric, SELECT_MODES[args.select_metric], later_ties=True)
     oracle = Selection(f"best-target_{re.sub(r'[^A-Za-z0-9_.-]', '_', target)}", f"target:{target}", "hter", "min",
                        target_domain=True, later_ties=True)
-    plain_ce = argparse.Namespace(mixup=0.0, cutmix=0.0, cutmix_minmax=None, smoothing=0.0, adapter=args.adapter,
-                                  weight_cl=args.weight_cl, temperature=args.temperature)
-    parts = TrainingParts(
+    # the reference's plain cross-entropy (+ the adapter's contrastive loss)
+    detection_loss = DetectionLoss.plain(args.weight_cl if args.adapter == "fs" else 0.0, args.temperature)
+    task = Task(
         model=model, optimizer=optimizer,
-        data=train_data(data, fas_train_transform(args.input_size, mean, std), args, seed, info, device),
-        loss=DetectionLoss(plain_ce),  # the reference's plain cross-entropy (+ the adapter's contrastive loss)
+        data=labelled_train_data(LabelledImages(data.train, fas_train_transform(args.input_size, mean, std), seed=seed),
+                                 batch_size=args.batch_per_group, num_workers=args.num_workers, seed=seed,
+                                 rank=info.rank, world_size=info.world_size, device=device,
+                                 groups=list(data.groups.values()), iters_per_epoch=args.eval_every),
+        loss=lambda model, batch, iteration: [detection_loss(model, batch)],
         validate=validator(checks, batch_size=args.eval_batch_size, num_workers=args.num_workers, device=device,
                            amp_dtype=amp_dtype, info=info, metrics=selection_metrics),
         selections=[honest, oracle], lr_at=lambda it: args.lr, record=record, restore=restore)
-    settings = RunSettings(output_dir=out_dir, total_iters=args.iterations, eval_every=args.eval_every, device=device,
-                           amp_dtype=amp_dtype, clip_grad=args.clip_grad, keep_last=args.keep_last,
-                           max_nonfinite=args.max_nonfinite, log_every=args.log_every, seed=seed,
-                           resume=args.resume, args={**plain_args(args), "seed": seed})
+    stop_iter = min(args.iterations, whole_cycles(args.max_steps, args.accum_iter)) if args.max_steps else args.iterations
+    settings = RunSettings(output_dir=out_dir, stop_iter=stop_iter, eval_every=args.eval_every, device=device,
+                           amp_dtype=amp_dtype, accum_iter=args.accum_iter, clip_grad=args.clip_grad,
+                           save_every=args.save_every, keep_last=args.keep_last, max_nonfinite=args.max_nonfinite,
+                           log_every=args.log_every, seed=seed, resume=args.resume,
+                           args={**plain_args(args), "seed": seed})
     if info.is_main:
         cli.ensure_writable_dir(out_dir)
-    log = RunLog(out_dir, enabled=info.is_main, total=args.iterations)
-    engine = FinetuneEngine(parts, settings, info, log)
+    log = RunLog(out_dir, enabled=info.is_main, total=stop_iter)
+    manager, resumed = open_run(out_dir, keep_last=args.keep_last, resume=args.resume, args=settings.args, info=info,
+                                say=log.message)
+    engine = Trainer(task, settings, info, log, manager, resumed)
     start = f"from {encoder.path} ({encoder.kind})" if encoder else "FROM SCRATCH (no --finetune)"
     log.message(f"seed {seed}: {args.model} at {args.input_size}px {start}, head {args.head}"
                 + (", FS-Adapter on the frozen encoder" if config.adapter else "")
@@ -435,6 +429,3 @@ def main(argv: list[str] | None = None) -> int:
         train(args, info)  # None: stopped by a signal, after saving; --resume auto continues
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.finetune_fas"))

@@ -16,19 +16,27 @@ def device_type(name: str) -> str:
     return "cuda" if name.startswith("cuda") or (name == "auto" and torch.cuda.is_available()) else "cpu"
 
 
+def check_device(name: str) -> torch.device:
+    """What ``--device name`` asks for, refused in one line when this machine cannot give it: the
+    validator of the flag in every verb (``auto`` is the CPU here; ``resolve_device`` picks the GPU)."""
+    try:
+        device = torch.device("cpu" if name == "auto" else name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: fsfm_fast runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
 def resolve_device(name: str, info: DistInfo = DistInfo()) -> torch.device:
     """``auto``: this rank's GPU when there is one, else the CPU; ``cuda`` means this rank's GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name} was asked for but torch sees no CUDA device")
-        if device.index is None:
-            device = torch.device("cuda", info.local_rank)
+    device = check_device("cuda" if name == "auto" and torch.cuda.is_available() else name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", info.local_rank)
     return device
 
 

@@ -1,67 +1,23 @@
-"""Checkpoint files: written atomically, read without unpickling arbitrary objects, errors that say
-what and where. Every training verb (pretrain, finetune) saves and resumes through this module."""
+"""Training checkpoints: written atomically, numbered and pruned, found and checked for a resume, with
+the optimizer, scaler and RNG states. Reading weights safely is ``formats``'s."""
 from __future__ import annotations
 
 import argparse
 import errno
 import os
-import pickle
 import tempfile
 import time
 import warnings
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .cli import UsageError, describe_os_error
+from ..formats import CheckpointError, load_state_dict_strict, safe_load
+from ..runtime.cli import UsageError, describe_os_error
 
-# The reference release pickles its argparse.Namespace next to the weights; that is the only
-# non-tensor class its checkpoints need, so it is the only one we allow the unpickler to build.
-_SAFE_GLOBALS = [argparse.Namespace]
 TEMP_SUFFIX = ".tmp"
-
-
-class CheckpointError(UsageError):
-    """A checkpoint that cannot be read or does not fit the run: one line naming the file."""
-
-
-def _why_unreadable(path: Path, exc: Exception) -> str:
-    if path.stat().st_size == 0:
-        return "the file is empty (0 bytes)"
-    text = str(exc)
-    if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
-        if not zipfile.is_zipfile(path):
-            return "not a valid checkpoint (not a PyTorch file, or truncated)"
-        # The message names the global torch refused; keep that, drop torch's advice to lift the check.
-        for line in text.splitlines():
-            if "GLOBAL" in line or "Unsupported global" in line or "Unsupported operand" in line:
-                return ("it holds objects other than tensors and plain containers, which are not loaded "
-                        f"for safety ({line.strip()})")
-        return "not a valid checkpoint (refused by the safe loader)"
-    if not zipfile.is_zipfile(path) or isinstance(exc, (RuntimeError, EOFError, zipfile.BadZipFile)):
-        # whatever the unpickler tripped on in bytes that are not a checkpoint (IndexError, ...)
-        return "not a valid checkpoint (not a PyTorch file, truncated or corrupt)"
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; any failure is a CheckpointError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {describe_os_error(exc, path)}") from None
-    except Exception as exc:  # noqa: BLE001  (whatever torch raised, the user needs the file and a reason)
-        raise CheckpointError(f"cannot load checkpoint {path}: {_why_unreadable(path, exc)}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
-    return obj
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -240,32 +196,3 @@ def check_same_run(ckpt: dict, path: str | os.PathLike, args: argparse.Namespace
         was = ", ".join(f"{k}={saved[k]!r}" for k in differ)
         now = ", ".join(f"{k}={getattr(args, k, None)!r}" for k in differ)
         raise CheckpointError(f"checkpoint {path} was saved with {was}; this run asks for {now}")
-
-
-def preview(items: list[str], limit: int = 8) -> str:
-    """The first ``limit`` items, comma-separated, and how many there are in all when that is more."""
-    shown = ", ".join(items[:limit])
-    return f"{shown}, ... ({len(items)} in all)" if len(items) > limit else shown
-
-
-def state_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> list[str]:
-    """What keeps ``state`` from loading strictly into a module whose state_dict is ``expected``:
-    ``["missing keys: ...", "unexpected keys: ...", "wrong shapes: ..."]``, only the parts that apply;
-    empty when it fits."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} "
-             f"(model {list(expected[k].shape)})"
-             for k, v in state.items()
-             if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)]
-    return [f"{what}: {preview(keys)}" for what, keys in
-            (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if keys]
-
-
-def load_state_dict_strict(module: torch.nn.Module, state: dict, path: str | os.PathLike, what: str) -> None:
-    """``load_state_dict(strict=True)`` whose failure is one line naming the file and the first keys
-    missing, unexpected or misshapen (``state_mismatch``)."""
-    problems = state_mismatch(module.state_dict(), state)
-    if problems:
-        raise CheckpointError(f"checkpoint {path}: its {what} weights do not fit this network ({'; '.join(problems)})")
-    module.load_state_dict(state, strict=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .distributed import DistInfo
+from ..runtime.distributed import DistInfo
 
 
 class StepStats:

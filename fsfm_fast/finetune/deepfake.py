@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 import warnings
 from pathlib import Path
 
@@ -28,36 +27,40 @@ import torch.nn.functional as F
 from PIL import Image
 from timm.data import Mixup, create_transform
 from timm.data import auto_augment as timm_auto_augment
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
-from torch.utils.data import DataLoader
 
-from . import cli
-from .checkpoint import CheckpointError, CheckpointManager, load_state_dict_strict, plain_args
-from .data.forgery import write_forgery_benchmark
-from .data.labelled import (LabelledImages, Sample, collate_labelled, count_labels, parse_class_map,
-                            read_split_file, samples_from)
-from .data.sampler import EpochSampler, batches_per_epoch
-from .devices import autocast_dtype, device_type, fused, resolve_device
-from .distributed import DistInfo, barrier, process_group
-from .evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
-from .data.loaders import TrainData
-from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainingParts, write_json
-from .metrics import SingleClassWarning, frame_metrics
-from .models import list_models
-from .models.adapter import (encoder_reference, freeze_encoder, load_trained_state, real_anchored_contrastive,
-                             trained_state)
-from .models.detector import (ADAPTER_FORMAT, DETECTOR_FORMAT, DetectorConfig, PretrainedEncoder, detector_config,
-                              load_pretrained_encoder)
-from .run_log import RunLog
-from .schedules import cosine_lr
-from .signals import ignore_stop_signals
+from .. import demo
+from ..data.forgery import write_forgery_benchmark
+from ..data.labelled import (
+    LabelledImages,
+    Sample,
+    count_labels,
+    parse_class_map,
+    read_split_file,
+    samples_from,
+)
+from ..data.loaders import labelled_train_data
+from ..engine.checkpoint import CheckpointManager, plain_args
+from ..engine.run_log import RunLog
+from ..engine.schedules import cosine_lr
+from ..engine.trainer import RunSettings, Selection, Task, Trainer, open_run, whole_cycles, write_json
+from ..evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
+from ..formats import ADAPTER_FORMAT, BEST, DETECTOR_FORMAT, CheckpointError, choose_mean_std, load_state_dict_strict
+from ..metrics import SingleClassWarning, frame_metrics
+from ..models import list_models
+from ..models.adapter import (
+    encoder_reference,
+    freeze_encoder,
+    load_trained_state,
+    real_anchored_contrastive,
+    trained_state,
+)
+from ..models.detector import DetectorConfig, PretrainedEncoder, detector_config, load_pretrained_encoder
+from ..runtime import cli, flags
+from ..runtime.devices import autocast_dtype, device_type, fused, resolve_device
+from ..runtime.distributed import DistInfo, barrier, process_group
 
-DEMO_OUTPUT_DIR = "output_demo_finetune"  # the default run's folder; its detector: checkpoint-best.pth
-DEMO_PRETRAIN_DIR = "output_demo"  # where the default pretraining run leaves its checkpoints
-DEMO_DATA_DIR = "synthetic_forgeries"
-BEST = "best"
 SELECT_MODES = {"loss": "min", "auc": "max"}
 
 # What a run with no --data_path / --train_split uses for every flag the user did not set: a tiny model
@@ -80,7 +83,7 @@ DEMO_DEFAULTS = {
     "cutmix": 0.0,
     "eval_resize": "plain",
     "num_workers": 2,
-    "output_dir": DEMO_OUTPUT_DIR,
+    "output_dir": demo.FINETUNE_DIR,
     "log_every": 10,
     "finetune": "auto",
 }
@@ -97,7 +100,7 @@ def get_args_parser():
     g.add_argument("--finetune", default="",
                    help="pretrained weights: our pretraining checkpoint, the reference's checkpoint-400.pth, a "
                         "detector checkpoint, or a timm state_dict / .safetensors; '' trains from scratch; 'auto' "
-                        f"(the demo's default) takes the newest {DEMO_PRETRAIN_DIR}/checkpoint-*.pth if there is one")
+                        f"(the demo's default) takes the newest {demo.PRETRAIN_DIR}/checkpoint-*.pth if there is one")
     g.add_argument("--drop_path", default=0.1, type=float)
     g.add_argument("--global_pool", dest="global_pool", action="store_true", default=True,
                    help="average the patch tokens, then fc_norm (the recipe)")
@@ -112,15 +115,9 @@ def get_args_parser():
     g.add_argument("--min_lr", default=1e-6, type=float)
     g.add_argument("--layer_decay", default=0.65, type=float, help="lr scale per layer from the head down")
     g.add_argument("--weight_decay", default=0.05, type=float)
-    g.add_argument("--batch_size", default=64, type=int, help="per process")
-    g.add_argument("--accum_iter", default=1, type=int, help="micro-batches per optimizer step")
-    g.add_argument("--clip_grad", default=0.0, type=float, help="max grad norm; 0 disables (the reference's default)")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
-    g.add_argument("--max_steps", default=0, type=int,
-                   help="stop after this many iterations (schedules still span --epochs); 0 = no cap")
-    g.add_argument("--max_nonfinite", default=20, type=int,
-                   help="stop with an error after this many non-finite losses in a row")
+    flags.add_batch_flag(g, 64)
+    flags.add_step_flags(g, clip_grad=0.0, clip_help="max grad norm; 0 disables (the reference's default)")
+    flags.add_device_flags(g)
 
     g = p.add_argument_group("augmentation and regularisation")
     g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy; 'none' disables")
@@ -154,7 +151,7 @@ def get_args_parser():
     g.add_argument("--normalize_from_IMN", action="store_true", help="ImageNet mean/std instead of the pretraining set's")
     g.add_argument("--mean_std", default=None,
                    help="a pretrain_ds_mean_std.txt to normalise with (default: the one beside --finetune)")
-    g.add_argument("--num_workers", default=8, type=int)
+    flags.add_worker_flag(g, 8)
     g.add_argument("--synthetic_identities", default="96,16,32", help="demo: people in train,val,test")
     g.add_argument("--synthetic_frames", default=4, type=int, help="demo: frames per video")
     g.add_argument("--synthetic_size", default=None, type=int, help="demo: frame size in pixels (default: --input_size)")
@@ -172,13 +169,7 @@ def get_args_parser():
     g.add_argument("--eval_batch_size", default=None, type=int, help="default: 2 x --batch_size")
 
     g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default="output_finetune")
-    g.add_argument("--resume", default="", help="checkpoint to continue from, or 'auto' for the newest")
-    g.add_argument("--save_every", default=0, type=int, help="resume checkpoint every N iterations; 0 = each validation")
-    g.add_argument("--keep_last", default=2, type=int)
-    g.add_argument("--log_every", default=20, type=int)
-    g.add_argument("--seed", default=0, type=int)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    flags.add_run_flags(g, output_dir="output_finetune", keep_last=2, save_every=0)
     return p
 
 
@@ -191,24 +182,12 @@ def add_adapter_flags(parser, weight_cl: float) -> None:
     g.add_argument("--temperature", default=0.07, type=float, help="temperature of the contrastive loss")
 
 
-def parse_with_defaults(parser, argv, is_demo, demo_defaults: dict, adapter_defaults: dict):
-    """``argv`` parsed with the demo's defaults when ``is_demo(args)`` and the FS-Adapter recipe's with
-    ``--adapter fs``; the flags the user gave keep their values. ``args.demo`` says which."""
-    first = parser.parse_args(argv)
-    if is_demo(first):
-        parser.set_defaults(**demo_defaults)
-    if first.adapter == "fs":
-        parser.set_defaults(**adapter_defaults)
-    args = parser.parse_args(argv)
-    args.demo = is_demo(first)
-    return args
-
-
 def parse_args(argv: list[str] | None = None):
-    args = parse_with_defaults(get_args_parser(), argv, lambda a: not a.data_path and not a.train_split,
-                               DEMO_DEFAULTS, ADAPTER_DEFAULTS)
-    checks = [(args.batch_size >= 1 and args.epochs >= 1 and args.accum_iter >= 1,
-               "--batch_size, --epochs and --accum_iter must be >= 1"),
+    args = demo.parse_with_defaults(get_args_parser(), argv, lambda a: not a.data_path and not a.train_split,
+                                    DEMO_DEFAULTS, [(lambda a: a.adapter == "fs", ADAPTER_DEFAULTS)])
+    args.eval_batch_size = args.eval_batch_size or 2 * args.batch_size
+    flags.check(args)
+    checks = [(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
               (args.warmup_epochs >= 0 and args.blr > 0 and (args.lr is None or args.lr > 0),
                "--warmup_epochs must be >= 0 and the learning rate > 0"),
               (0 < args.layer_decay <= 1, f"--layer_decay must be in (0, 1], got {args.layer_decay}"),
@@ -216,7 +195,6 @@ def parse_args(argv: list[str] | None = None):
                "--drop_path and --smoothing must be in [0, 1), --reprob in [0, 1]"),
               (bool(args.train_split) == bool(args.val_split) or bool(args.data_path),
                "--train_split needs --val_split (model selection uses the source validation split)"),
-              (args.num_workers >= 0 and args.keep_last >= 1, "--num_workers must be >= 0, --keep_last >= 1"),
               (args.weight_cl >= 0 and args.temperature > 0, "--weight_cl must be >= 0 and --temperature > 0")]
     for ok, message in checks:
         if not ok:
@@ -224,7 +202,6 @@ def parse_args(argv: list[str] | None = None):
     if mixup_active(args) and args.batch_size % 2:
         raise cli.UsageError(f"--batch_size must be even with --mixup/--cutmix (they pair samples), got {args.batch_size}")
     args.aa = None if str(args.aa).lower() in ("none", "") else args.aa
-    args.eval_batch_size = args.eval_batch_size or 2 * args.batch_size
     return args
 
 
@@ -236,17 +213,8 @@ def mixup_active(args) -> bool:
 # data
 
 
-def demo_evaluation(output_dir: str | Path = DEMO_OUTPUT_DIR) -> tuple[Path, dict[str, str]]:
-    """The demo detector and its test set, for ``python -m fsfm_fast.evaluate`` with no flags."""
-    checkpoint = Path(output_dir) / f"checkpoint-{BEST}.pth"
-    if not checkpoint.is_file():
-        raise cli.UsageError(f"no --checkpoint given and no demo detector at {checkpoint}: "
-                             "run python -m fsfm_fast.finetune first, or pass --checkpoint and --test")
-    return checkpoint, {"synthetic": str(Path(output_dir) / DEMO_DATA_DIR)}
-
-
 def write_demo_data(args, info: DistInfo) -> Path:
-    root = Path(args.output_dir) / DEMO_DATA_DIR
+    root = Path(args.output_dir) / demo.FORGERY_DATA
     try:
         counts = dict(zip(("train", "val", "test"), (int(x) for x in args.synthetic_identities.split(","))))
     except ValueError:
@@ -308,22 +276,6 @@ def train_transform(args, mean, std):
                             mean=tuple(mean), std=tuple(std))
 
 
-def build_train_data(dataset: LabelledImages, args, info: DistInfo, device: torch.device) -> TrainData:
-    iters_per_epoch = batches_per_epoch(len(dataset), args.batch_size, info.world_size)
-    if iters_per_epoch < 1:
-        raise cli.UsageError(f"{len(dataset)} training images cannot fill one batch of {args.batch_size} on each "
-                             f"of {info.world_size} processes")
-    sampler = EpochSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, seed=args.seed,
-                           shuffle=True, drop_last=True, batch_size=args.batch_size)
-    # Its own generator: starting an epoch must not draw from the global stream that drop path uses,
-    # or a resumed run would diverge. The samples are augmented from per-sample seeds.
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
-                        collate_fn=collate_labelled, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=args.num_workers > 0, worker_init_fn=ignore_stop_signals,
-                        generator=torch.Generator())
-    return TrainData(dataset, sampler, loader, "labelled images", iters_per_epoch, args.batch_size)
-
-
 # ----------------------------------------------------------------------------------------------
 # model, loss, validation
 
@@ -331,9 +283,9 @@ def build_train_data(dataset: LabelledImages, args, info: DistInfo, device: torc
 def resolve_pretrained(args, say=print) -> str:
     if args.finetune != "auto":
         return args.finetune
-    latest = CheckpointManager(DEMO_PRETRAIN_DIR).latest()
+    latest = CheckpointManager(demo.PRETRAIN_DIR).latest()
     if latest is None:
-        say(f"no pretraining checkpoint in {DEMO_PRETRAIN_DIR}/ (python -m fsfm_fast.pretrain makes one): "
+        say(f"no pretraining checkpoint in {demo.PRETRAIN_DIR}/ (python -m fsfm_fast.pretrain makes one): "
                     "fine-tuning from scratch")
         return ""
     return str(latest)
@@ -341,38 +293,36 @@ def resolve_pretrained(args, say=print) -> str:
 
 def normalisation(args, encoder) -> tuple[list[float], list[float], str]:
     """(mean, std, where they come from): ImageNet's on request, else the pretraining set's (SPEC section 5)."""
-    from .models.detector import read_mean_std
-    if args.normalize_from_IMN:
-        return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD), "ImageNet (--normalize_from_IMN)"
-    if args.mean_std:
-        return (*read_mean_std(args.mean_std), args.mean_std)
-    if encoder is not None:
-        if encoder.mean_std is None:
-            raise cli.UsageError(f"no pretrain_ds_mean_std.txt beside --finetune {encoder.path} and none inside it: "
-                                 "give --mean_std FILE, or --normalize_from_IMN for ImageNet statistics")
-        return (*encoder.mean_std, encoder.mean_std_source)
-    return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD), "ImageNet (no pretrained encoder)"
+    found = None if encoder is None else (encoder.mean_std, encoder.mean_std_source or f"--finetune {encoder.path}")
+    return choose_mean_std(args.normalize_from_IMN, args.mean_std, found)
 
 
 class DetectionLoss:
     """Mixup/CutMix of the batch (their label smoothing included) and soft-target cross-entropy, as the
     recipe; without mixup, label-smoothed cross-entropy. With the FS-Adapter, plus ``weight_cl`` x the
     real-anchored contrastive loss of its projections, with the batch's own labels (mixed or not, as
-    the authors do)."""
+    the authors do). ``plain`` (FAS): cross-entropy, plus the adapter's loss when ``weight_cl``."""
 
-    def __init__(self, args):
-        self.weight_cl = args.weight_cl if getattr(args, "adapter", "none") == "fs" else 0.0
-        self.temperature = getattr(args, "temperature", 0.07)
-        self.mixup = None
+    def __init__(self, criterion: torch.nn.Module, mixup: Mixup | None = None, weight_cl: float = 0.0,
+                 temperature: float = 0.07):
+        self.criterion, self.mixup, self.weight_cl, self.temperature = criterion, mixup, weight_cl, temperature
+
+    @classmethod
+    def from_args(cls, args) -> DetectionLoss:
+        """The deepfake recipe of ``python -m fsfm_fast.finetune``'s flags."""
+        adapter = {"weight_cl": args.weight_cl if args.adapter == "fs" else 0.0, "temperature": args.temperature}
         if mixup_active(args):
-            self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                               prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                               label_smoothing=args.smoothing, num_classes=2)
-            self.criterion = SoftTargetCrossEntropy()
-        elif args.smoothing > 0:
-            self.criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-        else:
-            self.criterion = torch.nn.CrossEntropyLoss()
+            mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                          label_smoothing=args.smoothing, num_classes=2)
+            return cls(SoftTargetCrossEntropy(), mixup, **adapter)
+        if args.smoothing > 0:
+            return cls(LabelSmoothingCrossEntropy(smoothing=args.smoothing), **adapter)
+        return cls.plain(**adapter)
+
+    @classmethod
+    def plain(cls, weight_cl: float = 0.0, temperature: float = 0.07) -> DetectionLoss:
+        return cls(torch.nn.CrossEntropyLoss(), weight_cl=weight_cl, temperature=temperature)
 
     def __call__(self, model, batch: dict) -> torch.Tensor | None:
         images, targets = batch["images"], batch["labels"]
@@ -449,11 +399,13 @@ def _train(args, info: DistInfo) -> dict:
 
     model, config, encoder = build_detector(args, splits, info)
     model.to(device)
-    parts, settings = build_parts(args, model, config, encoder, splits, info, device, amp_dtype)
-    log = RunLog(out_dir, enabled=info.is_main, total=settings.total_iters)
-    engine = FinetuneEngine(parts, settings, info, log)
-    _announce(args, info, device, amp_dtype, splits, encoder, config, parts.data, log)
-    summary = {**engine.run(), "pretrained": encoder.path if encoder else None}
+    task, settings = build_task(args, model, config, encoder, splits, info, device, amp_dtype)
+    log = RunLog(out_dir, enabled=info.is_main, total=settings.stop_iter)
+    manager, resumed = open_run(out_dir, keep_last=args.keep_last, resume=args.resume, args=settings.args, info=info,
+                                say=log.message)
+    trainer = Trainer(task, settings, info, log, manager, resumed)
+    _announce(args, info, device, amp_dtype, splits, encoder, config, task.data, log)
+    summary = {**trainer.run(), "pretrained": encoder.path if encoder else None}
     if info.is_main:
         write_json(out_dir / "summary.json", summary)
     best = summary["best_checkpoints"].get(BEST)
@@ -482,11 +434,12 @@ def build_detector(args, splits: dict[str, list[Sample]], info: DistInfo):
     return model, dataclasses.replace(config, mean=tuple(mean), std=tuple(std), mean_std_source=source), encoder
 
 
-def build_parts(args, model, config: DetectorConfig, encoder, splits, info: DistInfo, device, amp_dtype
-                ) -> tuple[TrainingParts, RunSettings]:
-    """The deepfake task's parts for the engine: data, optimizer, schedule, loss, validation, selection."""
+def build_task(args, model, config: DetectorConfig, encoder, splits, info: DistInfo, device, amp_dtype
+               ) -> tuple[Task, RunSettings]:
+    """The deepfake task for the engine: data, optimizer, schedule, loss, validation, selection."""
     train_set = LabelledImages(splits["train"], train_transform(args, config.mean, config.std), seed=args.seed)
-    data = build_train_data(train_set, args, info, device)
+    data = labelled_train_data(train_set, batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed,
+                               rank=info.rank, world_size=info.world_size, device=device)
     eval_tf = eval_transform(config)
     val_sets = {name: LabelledImages(samples, eval_tf) for name, samples in splits.items() if name != "train"}
     args.lr = args.lr if args.lr is not None else args.blr * effective_batch(args, info) / 256
@@ -495,20 +448,23 @@ def build_parts(args, model, config: DetectorConfig, encoder, splits, info: Dist
     groups = param_groups_layer_decay(model, weight_decay=args.weight_decay,
                                       no_weight_decay_list=model.no_weight_decay(), layer_decay=args.layer_decay)
     record, restore = detector_checkpointing(model, config, encoder)
-    parts = TrainingParts(
-        model=model, optimizer=_adamw(groups, args.lr), data=data, loss=DetectionLoss(args),
+    detection_loss = DetectionLoss.from_args(args)
+    task = Task(
+        model=model, optimizer=_adamw(groups, args.lr), data=data,
+        loss=lambda model, batch, iteration: [detection_loss(model, batch)], min_batch=2 if mixup_active(args) else 1,
         validate=validator(val_sets, batch_size=args.eval_batch_size, num_workers=args.num_workers, device=device,
                            amp_dtype=amp_dtype, info=info),
         selections=_selections(args, splits),
         lr_at=lambda it: cosine_lr(it, base_lr=args.lr, min_lr=args.min_lr,
                                    warmup_iters=round(args.warmup_epochs * ipe), total_iters=total),
         record=record, restore=restore)
-    settings = RunSettings(output_dir=Path(args.output_dir), total_iters=min(total, args.max_steps or total),
+    stop_iter = min(total, whole_cycles(args.max_steps, args.accum_iter)) if args.max_steps else total
+    settings = RunSettings(output_dir=Path(args.output_dir), stop_iter=stop_iter,
                            eval_every=args.eval_every or ipe, device=device, amp_dtype=amp_dtype,
                            accum_iter=args.accum_iter, clip_grad=args.clip_grad, save_every=args.save_every,
                            keep_last=args.keep_last, max_nonfinite=args.max_nonfinite, log_every=args.log_every,
                            seed=args.seed, resume=args.resume, args=plain_args(args))
-    return parts, settings
+    return task, settings
 
 
 def effective_batch(args, info: DistInfo) -> int:
@@ -586,6 +542,3 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(parse_args(argv))
     return 0 if summary["iteration"] or summary["stopped_by_signal"] else 1
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.finetune"))

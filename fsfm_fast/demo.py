@@ -1,0 +1,50 @@
+"""The demo runs: every verb runs with no data flags on embedded synthetic data, and the verbs find each
+other's demo results in these folders (pretraining -> fine-tuning -> evaluate/export -> predict).
+
+``parse_with_defaults`` is the one way a verb applies its demo's defaults (and any other recipe's, such
+as the FS-Adapter's) to the flags the user did not give.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .formats import selected_checkpoint
+from .runtime.cli import UsageError
+
+PRETRAIN_DIR = "output_demo"  # python -m fsfm_fast.pretrain; fine-tuning's --finetune auto looks here
+FINETUNE_DIR = "output_demo_finetune"  # python -m fsfm_fast.finetune; its detector: checkpoint-best.pth
+FAS_DIR = "output_demo_fas"
+EXPORT_DIR = "output_demo_export"
+PREDICT_DIR = "output_demo_predict"
+FACES_DATA = "synthetic_faces"  # the data folders, inside each run's output folder
+FORGERY_DATA = "synthetic_forgeries"
+SPOOF_DATA = "synthetic_fas"
+
+
+def parse_with_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                        is_demo: Callable[[argparse.Namespace], bool], demo_defaults: dict,
+                        recipes: Sequence[tuple[Callable[[argparse.Namespace], bool], dict]] = ()) -> argparse.Namespace:
+    """``argv`` parsed with ``demo_defaults`` when ``is_demo(args)``, then each recipe's defaults whose test
+    holds (later ones win); a flag the user gave keeps its value, since a parser's defaults only fill the
+    flags that are absent. ``args.demo`` says whether the demo's applied."""
+    first = parser.parse_args(argv)
+    demo = is_demo(first)
+    if demo:
+        parser.set_defaults(**demo_defaults)
+    for applies, defaults in recipes:
+        if applies(first):
+            parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    args.demo = demo
+    return args
+
+
+def demo_evaluation(output_dir: str | Path = FINETUNE_DIR) -> tuple[Path, dict[str, str]]:
+    """The demo detector and its test set, for ``python -m fsfm_fast.evaluate`` with no flags."""
+    checkpoint = selected_checkpoint(output_dir)
+    if not checkpoint.is_file():
+        raise UsageError(f"no --checkpoint given and no demo detector at {checkpoint}: "
+                         "run python -m fsfm_fast.finetune first, or pass --checkpoint and --test")
+    return checkpoint, {"synthetic": str(Path(output_dir) / FORGERY_DATA)}

@@ -1,0 +1,1 @@
+"""``python -m fsfm_fast.finetune_fas``: the verb lives in ``fsfm_fast.finetune.fas``."""
