@@ -54,8 +54,8 @@ from .inference import Contract, derive_positive
 from .models import MODEL_CONFIGS, create_online, create_target
 from .models.detector import (ADAPTER_FORMAT, DETECTOR_FORMAT, PRETRAIN_FORMAT, _find_mean_std, _recorded_model,
                               detector_from_checkpoint, read_mean_std, read_weights)
-from .models.timm_models import (EVAL_CROP_PCT, TIMM_ARCHITECTURES, architecture_args, read_timm_config,
-                                 weights_grid, weights_pooling)
+from .models.timm_models import (EVAL_CROP_PCT, HEAD_ARGS, TIMM_ARCHITECTURES, architecture_args,
+                                 read_timm_config, weights_grid, weights_pooling)
 
 EXPORT_FORMAT = "fsfm_fast.export/1"
 WEIGHTS, CONFIG, ONNX = "model.safetensors", "config.json", "model.onnx"
@@ -208,17 +208,26 @@ def from_detector(obj: dict, path: Path) -> Exportable:
 
 
 def from_state_dict(obj: dict, state: Mapping, path: Path, model_name: str | None) -> Exportable:
-    """A timm-style state_dict of an FSFM ViT: its size, input size, pooling and classes read from its shapes."""
+    """A timm-style state_dict of an FSFM ViT: its size, input size, pooling and classes read from its shapes;
+    the weights of an export of a FAS-head or FS-Adapter detector with the head its config.json names."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    config = read_timm_config(path.parent) or {}  # an export's own weights: what its config.json says carries over
+    args = config.get("model_args") or {}
+    own_head = {k: args[k] for k in HEAD_ARGS if k in args} if config.get("architecture") in MODEL_CONFIGS else {}
     name = model_name or infer_model_name(state, path)
     head = state.get("head.weight")
-    num_classes = int(head.shape[0]) if isinstance(head, torch.Tensor) else 0
+    num_classes = (int(args.get("num_classes") or config.get("num_classes") or 0) if own_head
+                   else int(head.shape[0]) if isinstance(head, torch.Tensor) else 0)
     pool = weights_pooling(state)
-    model = _timm_model(name, state, path, f"a timm {name} ({pool} pooling, {num_classes} classes)",
-                        img_size=grid_img_size(state, name, path), num_classes=num_classes, global_pool=pool)
+    model = _timm_model(name, state, path, f"a timm {name} ({pool} pooling, {num_classes} classes"
+                        + "".join(f", {k} {v!r}" for k, v in own_head.items()) + ")",
+                        img_size=grid_img_size(state, name, path), num_classes=num_classes, global_pool=pool, **own_head)
     mean_std, source = _find_mean_std(path, obj)
     item = Exportable(model, name, "timm-style state_dict", *_mean_std_or_none(mean_std), source or "")
-    config = read_timm_config(path.parent) or {}  # an export's own weights: what its config.json says carries over
+    if own_head:  # not timm's ViT: rebuilt by its registered FSFM name, as the export it came from
+        item.architecture = name
+        item.model_args = {"img_size": item.img_size, "num_classes": num_classes, "global_pool": model.global_pool,
+                           **own_head}
     labels, data = config.get("label_names"), config.get("pretrained_cfg") or {}
     if isinstance(labels, list) and len(labels) == num_classes:
         item.labels = tuple(labels)
