@@ -54,6 +54,7 @@ from .inference import Contract, derive_positive
 from .models import MODEL_CONFIGS, create_online, create_target
 from .models.detector import (ADAPTER_FORMAT, DETECTOR_FORMAT, PRETRAIN_FORMAT, _find_mean_std, _recorded_model,
                               detector_from_checkpoint, read_mean_std, read_weights)
+from .models.heads import recorded_head
 from .models.timm_models import (EVAL_CROP_PCT, HEAD_ARGS, TIMM_ARCHITECTURES, architecture_args,
                                  read_timm_config, weights_grid, weights_pooling)
 
@@ -214,6 +215,8 @@ def from_state_dict(obj: dict, state: Mapping, path: Path, model_name: str | Non
     config = read_timm_config(path.parent) or {}  # an export's own weights: what its config.json says carries over
     args = config.get("model_args") or {}
     own_head = {k: args[k] for k in HEAD_ARGS if k in args} if config.get("architecture") in MODEL_CONFIGS else {}
+    if "head" in own_head:
+        own_head["head"] = recorded_head(own_head["head"], config.get("fsfm_fast") or {})
     name = model_name or infer_model_name(state, path)
     head = state.get("head.weight")
     num_classes = (int(args.get("num_classes") or config.get("num_classes") or 0) if own_head

@@ -54,6 +54,7 @@ from .checkpoint import CheckpointError, safe_load
 from .devices import autocast, autocast_dtype, resolve_device
 from .inference import Contract, decide, positive_probability
 from .models.detector import ADAPTER_FORMAT, DETECTOR_FORMAT, detector_from_checkpoint
+from .models.heads import recorded_head
 from .models.timm_models import read_timm_config
 from .prepare.faces import CROP_SCALE, CROP_SIZE, DETECTORS, crop_face, largest_face, make_detector
 from .prepare.inputs import IMAGE, VIDEO, Input, kind_of, scan
@@ -87,8 +88,11 @@ def _from_export(path: Path) -> tuple[torch.nn.Module, Callable, Contract, str]:
     if config is None:
         raise cli.UsageError(f"--detector {path}: no readable config.json there; give an export folder of "
                              "python -m fsfm_fast.export or a detector checkpoint")
-    try:
-        model = timm.create_model(f"local-dir:{path}", pretrained=True)
+    record = config.get("fsfm_fast") or {}
+    head = (config.get("model_args") or {}).get("head")
+    try:  # an export older than the contract names the pooled FAS head "fas": build what it was
+        model = timm.create_model(f"local-dir:{path}", pretrained=True,
+                                  **({"head": recorded_head(head, record)} if head else {}))
     except Exception as exc:  # noqa: BLE001  (timm raises many kinds; the user needs the folder and the cause)
         raise cli.UsageError(f"--detector {path}: timm cannot load this export ({type(exc).__name__}: {exc})") from None
     if not getattr(model, "num_classes", 0):
@@ -97,7 +101,6 @@ def _from_export(path: Path) -> tuple[torch.nn.Module, Callable, Contract, str]:
     if len(labels) != model.num_classes:
         raise cli.UsageError(f"--detector {path}: its label names {labels} do not name its {model.num_classes} "
                              "classes; export it again with --labels")
-    record = config.get("fsfm_fast") or {}
     if record.get("threshold") is not None and not record.get("threshold_source"):  # an export older than the contract
         record = {**record, "threshold_source": "recorded in the export"}
     return (model, create_transform(**resolve_data_config(model=model)), Contract.from_record(record, labels),

@@ -465,3 +465,26 @@ def test_every_verb_calls_a_score_equal_to_the_threshold_the_positive_class(fas_
         assert summarize(np.array([1]), np.array([s]), np.array(["b"]), threshold=s)["frame"]["acc"] == 1.0
     assert hter(labels, scores, s)[1:] == (0.0, 1.0)  # FAR 0 (the attack is caught), FRR 1 (the real rejected)
     assert predict.decision(s, s, predict.Contract(("real", "attack"), "attack")) == "attack"
+
+
+def test_an_export_older_than_the_contract_keeps_its_pooled_fas_head(fas_checkpoint, fas_export, tmp_path):
+    """Before the contract, "fas" named the head on the pooled feature: such an export (no positive_class,
+    no threshold_source) is rebuilt as it was trained, and its contract derived from its labels."""
+    import shutil
+    from fsfm_fast.models.heads import FASHead
+    if fas_checkpoint[2].adapter:
+        pytest.skip("the FS-Adapter's FAS head reads the pooled feature either way")
+    old = tmp_path / "old_export"
+    shutil.copytree(fas_export, old)
+    config = json.loads((old / "config.json").read_text())
+    for key in ("positive_class", "score", "threshold_source"):
+        del config["fsfm_fast"][key]
+    (old / "config.json").write_text(json.dumps(config))
+    scorer = predict.load_scorer(str(old))
+    assert isinstance(scorer.model.head, FASHead) and scorer.model.head.pooled
+    assert scorer.contract.positive_class == "attack" and scorer.contract.threshold == 0.45
+    assert scorer.contract.threshold_source == "recorded in the export"
+    assert not predict.load_scorer(str(fas_export)).model.head.pooled
+    again = tmp_path / "again"  # exported again: still the pooled head, now named so
+    assert _cli(export.main, "--checkpoint", old, "--output_dir", again) == 0
+    assert json.loads((again / "config.json").read_text())["model_args"]["head"] == "fas_pooled"

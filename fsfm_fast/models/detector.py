@@ -38,7 +38,7 @@ from fsfm_fast.checkpoint import CheckpointError, load_state_dict_strict, previe
 from fsfm_fast.inference import Contract, check as check_contract, derive_positive, score_name
 from fsfm_fast.models import timm_models  # registers the FSFM names with timm
 from fsfm_fast.models.configs import get_config
-from fsfm_fast.models.heads import ADAPTERS, HEADS, build_head
+from fsfm_fast.models.heads import ADAPTERS, HEADS, build_head, recorded_head
 
 DETECTOR_FORMAT = "fsfm_fast.detector/1"
 ADAPTER_FORMAT = "fsfm_fast.adapter/1"  # trained parts only, the encoder by reference (models.adapter)
@@ -299,10 +299,8 @@ class DetectorConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> DetectorConfig:
         known = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
                  if k in cls.__dataclass_fields__}
-        if "positive_class" not in values and known.get("head") == "fas":
-            # Written before the contract existed, when "fas" meant the head on the pooled feature:
-            # keep computing what it was trained as.
-            known["head"] = "fas_pooled"
+        if "head" in known:
+            known["head"] = recorded_head(known["head"], values)
         return cls(**known)
 
 

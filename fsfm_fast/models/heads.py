@@ -101,6 +101,13 @@ class FASHead(nn.Module):
         return self.classifier(self.features(x))
 
 
+def recorded_head(head: str, record: dict) -> str:
+    """The head a detector record (a checkpoint's ``detector`` entry, an export's ``fsfm_fast`` entry) means.
+    Records written before the inference contract (no ``positive_class``) are from when ``fas`` was the head
+    on the pooled feature: they keep computing what they were trained as."""
+    return "fas_pooled" if head == "fas" and "positive_class" not in record else head
+
+
 def make_head(kind: str, in_dim: int, num_classes: int) -> nn.Module:
     """A freshly initialised head of ``kind`` (one of ``HEADS``)."""
     if kind in FAS_HEADS:
