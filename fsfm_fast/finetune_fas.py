@@ -57,7 +57,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import cli
-from .checkpoint import plain_args, safe_load
+from .checkpoint import plain_args, safe_load, save_atomic
 from .data.fas import FASData, VAL_SPLIT_FILE, fas_train_transform, load_fas_data, write_split
 from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map
 from .data.sampler import BalancedBatchSampler
@@ -69,7 +69,6 @@ from .evaluate import Scores, eval_transform, parse_tests, score_dataset
 from .finetune import (DetectionLoss, add_adapter_flags, detector_checkpointing, load_encoder, normalisation,
                        parse_with_defaults, run_place, validator)
 from .finetune_engine import FinetuneEngine, RunSettings, Selection, TrainingParts
-from .checkpoint import save_atomic
 from .metrics import THRESHOLD_RULES, fas_levels
 from .models import list_models
 from .models.detector import DetectorConfig, detector_config
