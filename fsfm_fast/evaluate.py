@@ -6,10 +6,13 @@
 A test set is ``NAME=PATH[,PATH...]``; each PATH is a dataset root with a ``test/`` folder, a folder of
 class folders, or a split file (``data/labelled.py``). Any number of processes (``torchrun``): each
 scores a disjoint, unpadded share of every set, the scores are gathered, and the metrics are computed
-once over the whole set (``metrics.py``): frame level (AUC, AP, EER, accuracy at 0.5, balanced
-accuracy) and video level (a video's score is the mean of its frames'). A set whose fakes come in
+once over the whole set (``metrics.py``): frame level (AUC, AP, EER, accuracy and balanced accuracy at
+the decision threshold) and video level (a video's score is the mean of its frames'). A set whose fakes come in
 several class folders is also scored per class folder (reals against that folder's fakes), and those
-the detector never saw in training are marked unseen.
+the detector never saw in training are marked unseen. The score is the probability of the detector's
+positive class (P(fake), or P(attack) for an anti-spoofing detector) and a sample is called positive when
+it is ``>=`` the threshold: ``--threshold``, else the one the detector records (``fsfm_fast.inference``),
+else 0.5; the table and ``metrics.json`` say which.
 
 Outputs in ``--output_dir``: ``metrics.json`` (``{set: {"frame": {...}, "video": {...}, "n_images",
 "n_videos", ...}}``), ``scores.csv`` (set, path, video, class, label, score), ``roc.png``, ``table.md``
@@ -35,6 +38,7 @@ from .demo import demo_evaluation
 from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map, samples_from
 from .runtime.devices import autocast, autocast_dtype, device_type, resolve_device
 from .runtime.distributed import DistInfo, barrier, gather_objects, gather_rows, process_group
+from .inference import positive_probability
 from .metrics import METRIC_KEYS, frame_metrics, video_metrics
 from .models.detector import DetectorConfig, load_detector
 from .runtime.signals import ignore_stop_signals, shutdown_workers, stop_signals_held
@@ -60,18 +64,20 @@ class Scores:
     index: np.ndarray  # [N] int64, increasing
     logits: np.ndarray  # [N, num_classes] float32
     skipped: list[tuple[str, str]]  # (path, reason) of the samples that could not be read
+    positive_index: int = 1  # the detector's positive class (inference.Contract)
 
     @property
-    def fake_prob(self) -> np.ndarray:
-        z = self.logits.astype(np.float64)
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return p[:, 1] / p.sum(axis=1)
+    def positive_prob(self) -> np.ndarray:
+        """The score: the probability of the positive class, float64 (``inference.positive_probability``)."""
+        return positive_probability(self.logits, self.positive_index)
+
+    fake_prob = positive_prob  # the deepfake verbs' name for the score
 
 
 @torch.inference_mode()
 def score_dataset(model: torch.nn.Module, dataset: LabelledImages, *, batch_size: int, num_workers: int,
-                  device: torch.device, amp_dtype: torch.dtype | None, info: DistInfo = DistInfo()) -> Scores:
+                  device: torch.device, amp_dtype: torch.dtype | None, info: DistInfo = DistInfo(),
+                  positive_index: int = 1) -> Scores:
     """Logits of every sample of ``dataset``. Rank r scores samples r, r + world, ... (no padding, so
     nothing is counted twice), and every rank gets all the rows back."""
     share = list(range(info.rank, len(dataset), info.world_size))
@@ -98,7 +104,7 @@ def score_dataset(model: torch.nn.Module, dataset: LabelledImages, *, batch_size
     order = np.argsort(table[:, 0], kind="stable")
     table = table[order]
     skipped = [item for part in gather_objects(skipped, info) for item in part]
-    return Scores(table[:, 0].astype(np.int64), table[:, 1:].astype(np.float32), skipped)
+    return Scores(table[:, 0].astype(np.int64), table[:, 1:].astype(np.float32), skipped, positive_index)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +125,7 @@ def set_metrics(samples: list[Sample], scores: Scores, train_classes=(), thresho
     labels = np.array([s.label for s in picked], dtype=np.int64)
     videos = np.array([s.video for s in picked])
     classes = np.array([s.cls for s in picked])
-    prob = scores.fake_prob
+    prob = scores.positive_prob
     entry = summarize(labels, prob, videos, threshold)
     fake_classes = sorted(set(classes[labels == 1].tolist()))
     if len(fake_classes) > 1:
@@ -182,7 +188,7 @@ def write_outputs(out_dir: Path, metrics: dict, scored: dict[str, tuple[list[Sam
         writer = csv.writer(f)
         writer.writerow(["set", "path", "video", "class", "label", "score"])
         for name, (samples, scores) in scored.items():
-            prob = scores.fake_prob
+            prob = scores.positive_prob
             for i, p in zip(scores.index, prob):
                 s = samples[i]
                 writer.writerow([name, s.path, s.video, s.cls, s.label, f"{p:.6f}"])
@@ -229,28 +235,35 @@ def selection_note(ckpt: dict) -> str:
 def run_evaluation(checkpoint: str | Path, tests: dict[str, str], output_dir: str | Path, *, batch_size: int = 64,
                    num_workers: int = 4, device: torch.device, amp_dtype: torch.dtype | None,
                    info: DistInfo = DistInfo(), eval_resize: str | None = None, class_map: dict | None = None,
-                   threshold: float = 0.5) -> dict:
+                   threshold: float | None = None) -> dict:
     """Score every test set with the detector of ``checkpoint``; the main process writes the outputs
-    and prints the table. Returns the metrics (on every rank)."""
+    and prints the table. ``threshold``: None takes the detector's recorded one, else 0.5. Returns the
+    metrics (on every rank)."""
     sets = {name: samples_from(spec, TEST_SPLIT, class_map) for name, spec in tests.items()}  # bad paths fail first
     model, config, ckpt = load_detector(checkpoint)
+    contract = config.contract
+    threshold, threshold_source = contract.resolve_threshold(threshold)
+    decision = {"score": contract.score, "threshold": threshold, "threshold_source": threshold_source}
     model.to(device).eval()
     transform = eval_transform(config, eval_resize)
     metrics, scored = {}, {}
     selection = ckpt.get("selection") or {}
     for name, samples in sets.items():
         scores = score_dataset(model, LabelledImages(samples, transform), batch_size=batch_size,
-                               num_workers=num_workers, device=device, amp_dtype=amp_dtype, info=info)
+                               num_workers=num_workers, device=device, amp_dtype=amp_dtype, info=info,
+                               positive_index=contract.positive_index)
         if scores.index.size == 0:
             raise cli.UsageError(f"--test {name}: none of its {len(samples)} images could be read "
                                  f"(first: {scores.skipped[0][0]}: {scores.skipped[0][1]})")
         metrics[name] = {**set_metrics(samples, scores, config.train_classes, threshold),
                          "selection": selection.get("description", "none (last checkpoint)"),
-                         "target_domain_selection": bool(selection.get("target_domain", False))}
+                         "target_domain_selection": bool(selection.get("target_domain", False)), **decision}
         scored[name] = (samples, scores)
     if info.is_main:
         header = (f"checkpoint {checkpoint}: {config.model} at {config.img_size}px, "
-                  f"'{eval_resize or config.eval_resize}' eval resize\nselected by: {selection_note(ckpt)}")
+                  f"'{eval_resize or config.eval_resize}' eval resize\nselected by: {selection_note(ckpt)}\n"
+                  f"score {contract.score}; called {contract.positive_class} when score >= {threshold:g} "
+                  f"({threshold_source})")
         table = write_outputs(Path(output_dir), metrics, scored, header)
         print(table)
         print(f"wrote metrics.json, scores.csv, roc.png and table.md to {output_dir}")
@@ -273,7 +286,9 @@ def get_args_parser():
                         "plain = resize to img_size")
     p.add_argument("--class_map", action="append", default=[], metavar="NAME=real|fake[,...]",
                    help="label class folders the naming rule does not know")
-    p.add_argument("--threshold", default=0.5, type=float, help="P(fake) above which accuracy counts a fake")
+    p.add_argument("--threshold", default=None, type=float,
+                   help="score (P(fake), P(attack)) at or above which a sample is called the positive class, for "
+                        "the accuracies (default: the detector's recorded threshold, else 0.5)")
     return p
 
 
@@ -285,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.checkpoint is None or not tests:
         raise cli.UsageError("give both --checkpoint and at least one --test NAME=PATH (or neither, for the demo)")
     flags.check(args)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise cli.UsageError(f"--threshold is a probability in [0, 1], got {args.threshold}")
     if not Path(args.checkpoint).is_file():
         raise cli.UsageError(f"--checkpoint {args.checkpoint} does not exist")
     output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / "eval"

@@ -17,8 +17,10 @@ OUT receives, in the layout that timm's ``local-dir:`` and Hugging Face hub load
 - ``config.json``: the architecture (a timm ViT name with the FSFM size in ``model_args``, so plain timm
   loads it without fsfm_fast; a detector with the FAS head or the FS-Adapter, which timm's ViT lacks,
   names its registered FSFM size instead and loads once fsfm_fast is imported), ``num_classes``, ``pretrained_cfg`` (mean/std, input size, resize), the
-  label names (``real``, ``fake``: the score is P(fake)) and, in its ``fsfm_fast`` entry, where the
-  weights came from and the decision threshold when one is known (``--threshold``);
+  label names (``real``, ``fake`` or ``real``, ``attack``) and, in its ``fsfm_fast`` entry, where the
+  weights came from and the detector's inference contract (``fsfm_fast.inference``): ``positive_class``,
+  ``score`` (P(fake), P(attack)), and the decision threshold with its ``threshold_source`` when one is
+  known (the one the detector records, e.g. the source-selected FAS threshold, or ``--threshold``);
 - with ``--onnx``, ``model.onnx``: opset 18 (the lowest that torch's ``torch.export``-based exporter
   writes), a dynamic batch dimension, input ``input`` [B, 3, H, W] normalised as ``config.json`` says,
   output ``logits`` (``features`` for an encoder).
@@ -48,11 +50,13 @@ import torch
 from .runtime import cli
 from .demo import EXPORT_DIR as DEMO_EXPORT_DIR, FINETUNE_DIR, PRETRAIN_DIR
 from .engine.checkpoint import CheckpointManager
+from .inference import Contract, derive_positive
 from .models import MODEL_CONFIGS, create_online, create_target
 from .formats import (ADAPTER_FORMAT, DETECTOR_FORMAT, IMAGENET_MEAN, IMAGENET_STD, PRETRAIN_FORMAT, CheckpointError,
                       find_mean_std, read_mean_std, read_timm_config, read_weights, selected_checkpoint, state_mismatch)
 from .models.detector import _recorded_model, detector_from_checkpoint
-from .models.timm_models import EVAL_CROP_PCT, TIMM_ARCHITECTURES, architecture_args, weights_grid, weights_pooling
+from .models.heads import recorded_head
+from .models.timm_models import EVAL_CROP_PCT, HEAD_ARGS, TIMM_ARCHITECTURES, architecture_args, weights_grid, weights_pooling
 
 EXPORT_FORMAT = "fsfm_fast.export/1"
 WEIGHTS, CONFIG, ONNX = "model.safetensors", "config.json", "model.onnx"
@@ -77,12 +81,22 @@ class Exportable:
     crop_mode: str = "center"
     labels: tuple[str, ...] | None = None
     threshold: float | None = None
+    threshold_source: str = ""
+    positive_class: str = ""  # "": derived from the labels (inference.derive_positive)
     notes: dict = field(default_factory=dict)
     # What config.json names to rebuild the model. None: timm's own ViT of ``name``'s width, with the FSFM
     # size, input size, pooling and classes of the model as it is now. A model that is not a plain ViT
     # (an FS-Adapter detector) names its own registered timm architecture and arguments here.
     architecture: str | None = None
     model_args: dict | None = None
+
+    @property
+    def contract(self) -> Contract | None:
+        """The inference contract config.json records; None for an encoder (no classes)."""
+        if not self.model.num_classes or not self.labels:
+            return None
+        return Contract(tuple(self.labels), self.positive_class or derive_positive(self.labels), self.threshold,
+                        self.threshold_source)
 
     @property
     def img_size(self) -> int:
@@ -180,7 +194,8 @@ def from_detector(obj: dict, path: Path) -> Exportable:
     item = Exportable(model.eval(), config.model, "fsfm_fast FS-Adapter checkpoint" if adapter else
                       "fsfm_fast detector checkpoint", tuple(config.mean), tuple(config.std),
                       f"{path} (the detector's record)", crop_pct=crop_pct,
-                      crop_mode=crop_mode, labels=tuple(config.labels),
+                      crop_mode=crop_mode, labels=tuple(config.labels), threshold=config.threshold,
+                      threshold_source=config.threshold_source, positive_class=config.positive_class,
                       notes={"selection": selection.get("description"), "iteration": obj.get("iteration"),
                              "train_classes": list(config.train_classes),
                              "encoder": (obj.get("encoder") or {}).get("path") if adapter else None})
@@ -193,22 +208,38 @@ def from_detector(obj: dict, path: Path) -> Exportable:
 
 
 def from_state_dict(obj: dict, state: Mapping, path: Path, model_name: str | None) -> Exportable:
-    """A timm-style state_dict of an FSFM ViT: its size, input size, pooling and classes read from its shapes."""
+    """A timm-style state_dict of an FSFM ViT: its size, input size, pooling and classes read from its shapes;
+    the weights of an export of a FAS-head or FS-Adapter detector with the head its config.json names."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    config = read_timm_config(path.parent) or {}  # an export's own weights: what its config.json says carries over
+    args = config.get("model_args") or {}
+    own_head = {k: args[k] for k in HEAD_ARGS if k in args} if config.get("architecture") in MODEL_CONFIGS else {}
+    if "head" in own_head:
+        own_head["head"] = recorded_head(own_head["head"], config.get("fsfm_fast") or {})
     name = model_name or infer_model_name(state, path)
     head = state.get("head.weight")
-    num_classes = int(head.shape[0]) if isinstance(head, torch.Tensor) else 0
+    num_classes = (int(args.get("num_classes") or config.get("num_classes") or 0) if own_head
+                   else int(head.shape[0]) if isinstance(head, torch.Tensor) else 0)
     pool = weights_pooling(state)
-    model = _timm_model(name, state, path, f"a timm {name} ({pool} pooling, {num_classes} classes)",
-                        img_size=grid_img_size(state, name, path), num_classes=num_classes, global_pool=pool)
+    model = _timm_model(name, state, path, f"a timm {name} ({pool} pooling, {num_classes} classes"
+                        + "".join(f", {k} {v!r}" for k, v in own_head.items()) + ")",
+                        img_size=grid_img_size(state, name, path), num_classes=num_classes, global_pool=pool, **own_head)
     mean_std, source = find_mean_std(path, obj)
     item = Exportable(model, name, "timm-style state_dict", *_mean_std_or_none(mean_std), source or "")
-    config = read_timm_config(path.parent) or {}  # an export's own weights: what its config.json says carries over
+    if own_head:  # not timm's ViT: rebuilt by its registered FSFM name, as the export it came from
+        item.architecture = name
+        item.model_args = {"img_size": item.img_size, "num_classes": num_classes, "global_pool": model.global_pool,
+                           **own_head}
     labels, data = config.get("label_names"), config.get("pretrained_cfg") or {}
     if isinstance(labels, list) and len(labels) == num_classes:
         item.labels = tuple(labels)
     item.crop_pct, item.crop_mode = data.get("crop_pct", item.crop_pct), data.get("crop_mode", item.crop_mode)
-    item.threshold = (config.get("fsfm_fast") or {}).get("threshold") if num_classes else None
+    record = config.get("fsfm_fast") or {}
+    if num_classes and item.labels:  # an export's contract carries over (older exports: derived from the labels)
+        contract = Contract.from_record({**record, "threshold_source": record.get("threshold_source") or (
+            "recorded by an earlier export" if record.get("threshold") is not None else "")}, item.labels)
+        item.positive_class, item.threshold, item.threshold_source = (contract.positive_class, contract.threshold,
+                                                                      contract.threshold_source)
     return item
 
 
@@ -255,8 +286,10 @@ def write_export(item: Exportable, folder: Path, source: Path) -> dict:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(folder / WEIGHTS, 0o666 & ~umask)  # readable like any file the user writes
+    contract = item.contract
+    terms = {k: v for k, v in contract.to_dict().items() if k != "labels"} if contract else {"threshold": None}
     record = {"format": EXPORT_FORMAT, "model": item.name, "source": str(source), "source_kind": item.kind,
-              "mean_std_source": item.mean_std_source, "threshold": item.threshold,
+              "mean_std_source": item.mean_std_source, **terms,
               **{k: v for k, v in item.notes.items() if v is not None}}
     architecture, args = item.timm_config()
     model_config = {"architecture": architecture, "fsfm_fast": record}
@@ -347,7 +380,8 @@ def get_args_parser():
     p.add_argument("--encoder_only", action="store_true", help="drop a detector's head (the model returns features)")
     p.add_argument("--onnx", action="store_true", help=f"also write {ONNX} (opset {ONNX_OPSET}, dynamic batch)")
     p.add_argument("--threshold", default=None, type=float,
-                   help="record this P(fake) decision threshold (choose it on held-out data, never the test set)")
+                   help="record this decision threshold on the score (P(fake), P(attack)), replacing the one the "
+                        "detector records; choose it on held-out data, never the test set")
     p.add_argument("--labels", default=None, metavar="NAME,NAME",
                    help="class names in class-index order, for a state_dict that does not say (e.g. real,fake)")
     p.add_argument("--mean_std", default=None, help="a pretrain_ds_mean_std.txt to record instead of the checkpoint's")
@@ -392,6 +426,7 @@ def prepare(args) -> Exportable:
         item.architecture = item.model_args = None  # what is left is timm's own ViT
     if args.labels:
         item.labels = tuple(name.strip() for name in args.labels.split(","))
+        item.positive_class = ""  # new names: the positive class is derived from them
         if len(item.labels) != item.model.num_classes:
             raise cli.UsageError(f"--labels names {len(item.labels)} classes; the model has {item.model.num_classes}")
     if item.model.num_classes and not item.labels:
@@ -402,8 +437,13 @@ def prepare(args) -> Exportable:
         if not item.model.num_classes:
             raise cli.UsageError("--threshold needs a detector; this export has no head")
         item.threshold = float(args.threshold)
+        item.threshold_source = "given at export (--threshold)"
     if not item.model.num_classes:
         item.labels = None
+    try:  # a positive class among the labels, a threshold in [0, 1] with its source
+        _ = item.contract
+    except ValueError as exc:
+        raise cli.UsageError(f"{path}: {exc}") from None
     return item
 
 
@@ -414,8 +454,9 @@ def describe(item: Exportable, record: dict, out_dir: Path) -> str:
     lines = [f"exported {record['source']} ({item.kind}) to {out_dir}/",
              f"  {WEIGHTS}: {item.name} at {item.img_size}px, {m.global_pool} pooling, {head}; {n / 1e6:.2f}M parameters",
              f"  {CONFIG}: mean {[round(v, 4) for v in item.mean]} std {[round(v, 4) for v in item.std]} "
-             f"from {item.mean_std_source}" + ("" if not m.num_classes else "; threshold " + (
-                 f"{item.threshold:g}" if item.threshold is not None else "none recorded (predict uses 0.5)")),
+             f"from {item.mean_std_source}" + ("" if not m.num_classes else f"; score {item.contract.score}; threshold " + (
+                 f"{item.threshold:g} ({item.threshold_source})" if item.threshold is not None
+                 else "none recorded (predict uses 0.5)")),
              f"  checked: timm.create_model('local-dir:{out_dir}', pretrained=True) reproduces it "
              f"(max |diff| {record['round_trip_max_abs_diff']:.2g})"]
     if "onnx" in record:

@@ -1,7 +1,8 @@
 """Detection metrics over a whole evaluation set (SPEC section 7): pure functions of numpy arrays.
 
-Labels are 0 (real) / 1 (fake, the positive class); a score is P(fake). Every metric is computed once
-over all the scores of a set (gathered across ranks by the caller), never averaged over batches.
+Labels are 0 (real) / 1 (fake, the positive class); a score is P(fake). A sample is called positive when
+its score is ``>=`` the threshold (``inference.decide``, the rule of every verb). Every metric is computed
+once over all the scores of a set (gathered across ranks by the caller), never averaged over batches.
 A set with one class has no ROC: its AUC, AP and EER are NaN, with a ``SingleClassWarning``, and the
 run goes on.
 """
@@ -11,6 +12,8 @@ import warnings
 
 import numpy as np
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score, roc_curve
+
+from .inference import decide
 
 METRIC_KEYS = ("auc", "ap", "eer", "acc", "balanced_acc")
 
@@ -60,9 +63,9 @@ def eer(labels, scores) -> tuple[float, float]:
 
 
 def frame_metrics(labels, scores, threshold: float = 0.5) -> dict[str, float]:
-    """AUC, average precision, EER, accuracy and balanced accuracy (predicted fake when score > threshold)."""
+    """AUC, average precision, EER, accuracy and balanced accuracy (predicted fake when score >= threshold)."""
     y, s = _as_arrays(labels, scores)
-    pred = (s > threshold).astype(np.int64)
+    pred = decide(s, threshold).astype(np.int64)
     out = {"auc": float("nan"), "ap": float("nan"), "eer": float("nan"),
            "acc": float((pred == y).mean())}
     if _both_classes(y, "frame_metrics"):
@@ -103,6 +106,13 @@ def video_metrics(video_ids, labels, scores, threshold: float = 0.5) -> dict[str
 # face anti-spoofing: attack = 1 (the positive class), score = P(attack)
 
 FAS_KEYS = ("hter", "auc", "tpr_at_fpr_1pct", "far", "frr", "threshold")
+# How a set's own FAR = FRR threshold is found: "exact" searches the observed scores; "grid" is the
+# reference's (statistic.get_EER_states): 0, 1e-4, ..., 1, then 1.1.
+THRESHOLD_RULES = {
+    "exact": "the observed score where FAR and FRR are closest (exact search)",
+    "grid": "the reference's grid 0, 1e-4, ..., 1, 1.1, where FAR and FRR are closest",
+}
+GRID_DENSITY = 10000
 
 
 def hter(labels, scores, threshold: float) -> tuple[float, float, float]:
@@ -111,7 +121,7 @@ def hter(labels, scores, threshold: float) -> tuple[float, float, float]:
     y, s = _as_arrays(labels, scores)
     if not _both_classes(y, "hter"):
         return float("nan"), float("nan"), float("nan")
-    attack = s >= threshold
+    attack = decide(s, threshold)
     far = float((~attack[y == 1]).mean())
     frr = float(attack[y == 0].mean())
     return (far + frr) / 2, far, frr
@@ -131,6 +141,29 @@ def eer_threshold(labels, scores) -> float:
     return float(thresholds[finite][closest])
 
 
+def grid_thresholds(density: int = GRID_DENSITY) -> np.ndarray:
+    """The reference's candidate thresholds: i / density for i = 0..density (computed as i * (1 / density),
+    as it does), then 1.1, which calls every sample real."""
+    return np.append(np.arange(density + 1) * (1.0 / density), 1.1)
+
+
+def grid_eer_threshold(labels, scores, density: int = GRID_DENSITY) -> float:
+    """The reference's HTER threshold: of the ``grid_thresholds``, the one where FAR and FRR are closest
+    (an attack scores ``>= threshold``). The reference scores P(real) and keeps the last of equally close
+    thresholds in increasing order, the strictest for calling a face real; on our P(attack) that is the
+    lowest. Unlike ``eer_threshold`` it cannot split scores that fall between two grid points. NaN for a
+    one-class set."""
+    y, s = _as_arrays(labels, scores)
+    if not _both_classes(y, "grid_eer_threshold"):
+        return float("nan")
+    grid = grid_thresholds(density)
+    attacks, reals = np.sort(s[y == 1]), np.sort(s[y == 0])
+    far = np.searchsorted(attacks, grid, side="left") / attacks.size  # attacks below the threshold: accepted
+    frr = 1.0 - np.searchsorted(reals, grid, side="left") / reals.size  # reals at or above it: rejected
+    gap = np.abs(frr - far)
+    return float(grid[np.nonzero(gap == gap.min())[0][0]])
+
+
 def tpr_at_fpr(labels, scores, max_fpr: float = 0.01) -> float:
     """The highest true positive rate (label 1 positive, higher score more positive) among the ROC points
     whose false positive rate is at most ``max_fpr``. NaN for a one-class set."""
@@ -141,25 +174,31 @@ def tpr_at_fpr(labels, scores, max_fpr: float = 0.01) -> float:
     return float(tpr[fpr <= max_fpr].max())  # (0, 0) is always a point
 
 
-def fas_metrics(labels, scores, threshold: float | None = None) -> dict[str, float]:
+def fas_metrics(labels, scores, threshold: float | None = None, rule: str = "exact") -> dict[str, float]:
     """Face anti-spoofing metrics of one set: HTER, FAR and FRR at ``threshold`` (default: the set's own
-    ``eer_threshold``, which uses its labels), AUC, and TPR at FPR = 1% in the reference's orientation
-    (real faces positive: the share of real faces accepted while at most 1% of attacks are)."""
+    FAR = FRR threshold, which uses its labels, found by ``rule``: "exact" ``eer_threshold`` or "grid"
+    ``grid_eer_threshold``), AUC, and TPR at FPR = 1% in the reference's orientation (real faces positive:
+    the share of real faces accepted while at most 1% of attacks are)."""
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"rule must be one of {list(THRESHOLD_RULES)}, got {rule!r}")
     y, s = _as_arrays(labels, scores)
     if not _both_classes(y, "fas_metrics"):
         return dict.fromkeys(FAS_KEYS, float("nan"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SingleClassWarning)
-        t = eer_threshold(y, s) if threshold is None else float(threshold)
+        own = eer_threshold if rule == "exact" else grid_eer_threshold
+        t = own(y, s) if threshold is None else float(threshold)
         rate, far, frr = hter(y, s, t)
         live_tpr = tpr_at_fpr(1 - y, -s, 0.01)
     return {"hter": rate, "auc": float(roc_auc_score(y, s)), "tpr_at_fpr_1pct": live_tpr, "far": far, "frr": frr,
             "threshold": t}
 
 
-def fas_levels(video_ids, labels, scores, thresholds: dict[str, float] | None = None) -> dict[str, dict]:
+def fas_levels(video_ids, labels, scores, thresholds: dict[str, float] | None = None,
+               rule: str = "exact") -> dict[str, dict]:
     """``fas_metrics`` at frame level and at video level (a video's score is the mean of its frames'),
-    each at its own threshold from ``thresholds`` {"frame": t, "video": t}, or at the set's own."""
+    each at its own threshold from ``thresholds`` {"frame": t, "video": t}, or at the set's own (``rule``)."""
     thresholds = thresholds or {}
-    return {"frame": fas_metrics(labels, scores, thresholds.get("frame")),
-            "video": fas_metrics(*video_level(video_ids, labels, scores), threshold=thresholds.get("video"))}
+    return {"frame": fas_metrics(labels, scores, thresholds.get("frame"), rule),
+            "video": fas_metrics(*video_level(video_ids, labels, scores), threshold=thresholds.get("video"),
+                                 rule=rule)}

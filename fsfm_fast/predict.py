@@ -1,20 +1,25 @@
-"""Is this face fake? ``python -m fsfm_fast.predict INPUT... --model OUT_OR_CKPT``.
+"""Is this face fake, or an attack? ``python -m fsfm_fast.predict INPUT... --detector OUT_OR_CKPT``.
 
-    python -m fsfm_fast.predict suspect.mp4 photos/ --model fsfm_detector --output scores.jsonl --save_faces faces.png
+    python -m fsfm_fast.predict suspect.mp4 photos/ --detector fsfm_detector --output scores.jsonl --save_faces faces.png
     python -m fsfm_fast.predict --demo       # the same with no arguments at all
 
-INPUT: images, videos, or folders of them (searched recursively, as ``prepare`` does). ``--model``: an
-export folder of ``python -m fsfm_fast.export`` (``config.json`` + ``model.safetensors``, loaded through
-timm) or a detector checkpoint of ``python -m fsfm_fast.finetune``.
+INPUT: images, videos, or folders of them (searched recursively, as ``prepare`` does). ``--detector``
+(formerly ``--model``, still accepted): an export folder of ``python -m fsfm_fast.export`` (``config.json``
++ ``model.safetensors``, loaded through timm) or a detector checkpoint of ``python -m fsfm_fast.finetune``
+or ``python -m fsfm_fast.finetune_fas``: a whole detector (linear or FAS head) or an FS-Adapter checkpoint
+(its frozen encoder read from the file it names), every detector ``evaluate`` and ``export`` accept.
 
 Each image, and each of ``--num_frames`` frames sampled uniformly from a video (``prepare``'s seeking
 sampler), goes through ``prepare``'s face detector: the largest face is cropped as ``prepare`` crops the
 fine-tuning data (a square of 1.3 x the box, at 224 px), then resized and normalised as the model was
 evaluated. ``--face_detector none`` scores whole images (already cropped faces). Faces are scored in
 batches (bf16 autocast on a GPU, fp32 on the CPU) while worker processes read and detect the next
-inputs. The score is P(fake), the softmax of the class named ``fake``. A video's score is the mean of
-its faces' scores (SPEC section 7), and each image or video is called fake when its score reaches the
-threshold: ``--threshold``, else the one the export records, else 0.5 (said so in the output).
+inputs. The score is the probability of the detector's positive class (``fsfm_fast.inference``): P(fake)
+for a deepfake detector, P(attack) for an anti-spoofing one, named so in the table and in the rows
+(``p_fake``, ``p_attack``). A video's score is the mean of its faces' scores (SPEC section 7), and each
+image or video is called the positive class when its score is ``>=`` the threshold: ``--threshold``, else
+the one the detector records (e.g. the source-selected threshold of ``finetune_fas``), else 0.5 (the
+output says which).
 
 Outputs: a printed table, one row per input; ``--output FILE`` (``.csv``: CSV, otherwise JSON lines)
 with one ``face`` row per scored face or frame and one ``input`` row per input; ``--save_faces PNG`` a
@@ -46,16 +51,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from .runtime import cli
 from .demo import FINETUNE_DIR, PREDICT_DIR as DEMO_OUTPUT_DIR
-from .formats import read_timm_config, safe_load, selected_checkpoint
+from .formats import ADAPTER_FORMAT, DETECTOR_FORMAT, CheckpointError, read_timm_config, safe_load, selected_checkpoint
 from .runtime.devices import autocast, autocast_dtype, resolve_device
-from .models.detector import DETECTOR_FORMAT, detector_from_checkpoint
+from .inference import Contract, decide, positive_probability
+from .models.detector import detector_from_checkpoint
+from .models.heads import recorded_head
 from .prepare.faces import CROP_SCALE, CROP_SIZE, DETECTORS, crop_face, largest_face, make_detector
 from .prepare.inputs import IMAGE, VIDEO, Input, kind_of, scan
 from .prepare.video import VideoError, count_frames, sample_frames, sample_indices
 from .runtime.signals import ignore_stop_signals
 
-DEFAULT_THRESHOLD = 0.5
-FAKE = "fake"
 THUMB = 112  # contact sheet tile side
 
 
@@ -65,47 +70,65 @@ THUMB = 112  # contact sheet tile side
 
 @dataclass
 class Scorer:
-    """A detector ready to score face crops: its model, input transform, which class is fake, threshold."""
+    """A detector ready to score face crops: its model, input transform and inference contract."""
     model: torch.nn.Module
     transform: Callable[[Image.Image], torch.Tensor]
-    fake_index: int
-    threshold: float | None  # the one the model records, if any
+    contract: Contract  # class names, the positive class, the recorded threshold and its source
     description: str
+
+    @property
+    def score_key(self) -> str:
+        """The rows' name of the score: ``p_fake``, ``p_attack``."""
+        return f"p_{self.contract.positive_class}"
+
+
+def _from_export(path: Path) -> tuple[torch.nn.Module, Callable, Contract, str]:
+    config = read_timm_config(path)
+    if config is None:
+        raise cli.UsageError(f"--detector {path}: no readable config.json there; give an export folder of "
+                             "python -m fsfm_fast.export or a detector checkpoint")
+    record = config.get("fsfm_fast") or {}
+    head = (config.get("model_args") or {}).get("head")
+    try:  # an export older than the contract names the pooled FAS head "fas": build what it was
+        model = timm.create_model(f"local-dir:{path}", pretrained=True,
+                                  **({"head": recorded_head(head, record)} if head else {}))
+    except Exception as exc:  # noqa: BLE001  (timm raises many kinds; the user needs the folder and the cause)
+        raise cli.UsageError(f"--detector {path}: timm cannot load this export ({type(exc).__name__}: {exc})") from None
+    if not getattr(model, "num_classes", 0):
+        raise cli.UsageError(f"--detector {path} has no classification head (an encoder export): predict needs a detector")
+    labels = config.get("label_names") or []
+    if len(labels) != model.num_classes:
+        raise cli.UsageError(f"--detector {path}: its label names {labels} do not name its {model.num_classes} "
+                             "classes; export it again with --labels")
+    if record.get("threshold") is not None and not record.get("threshold_source"):  # an export older than the contract
+        record = {**record, "threshold_source": "recorded in the export"}
+    return (model, create_transform(**resolve_data_config(model=model)), Contract.from_record(record, labels),
+            record.get("model", config.get("architecture")))
+
+
+def _from_checkpoint(path: Path) -> tuple[torch.nn.Module, Callable, Contract, str]:
+    ckpt = safe_load(path)
+    if ckpt.get("format") not in (DETECTOR_FORMAT, ADAPTER_FORMAT):
+        raise cli.UsageError(f"--detector {path} is not a detector checkpoint (format {ckpt.get('format')!r}); give an "
+                             "export folder or a checkpoint of python -m fsfm_fast.finetune or finetune_fas")
+    model, config = detector_from_checkpoint(ckpt, path)  # a whole detector, or an FS-Adapter on its encoder
+    from .evaluate import eval_transform  # the transform the detector was evaluated with
+    return model, eval_transform(config), config.contract, config.model
 
 
 def load_scorer(spec: str) -> Scorer:
-    """The detector of an export folder or of a detector checkpoint; one-line errors otherwise."""
+    """The detector of an export folder or of a detector checkpoint (whole or FS-Adapter); one-line errors
+    otherwise."""
     path = Path(spec)
     if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
         path = path.parent  # an export's weights file: the export
-    if path.is_dir():
-        config = read_timm_config(path)
-        if config is None:
-            raise cli.UsageError(f"--model {path}: no readable config.json there; give an export folder of "
-                                 "python -m fsfm_fast.export or a detector checkpoint")
-        try:
-            model = timm.create_model(f"local-dir:{path}", pretrained=True)
-        except Exception as exc:  # noqa: BLE001  (timm raises many kinds; the user needs the folder and the cause)
-            raise cli.UsageError(f"--model {path}: timm cannot load this export ({type(exc).__name__}: {exc})") from None
-        transform = create_transform(**resolve_data_config(model=model))
-        labels = config.get("label_names") or []
-        threshold = (config.get("fsfm_fast") or {}).get("threshold")
-        name = (config.get("fsfm_fast") or {}).get("model", config.get("architecture"))
-    elif path.is_file():
-        ckpt = safe_load(path)
-        if ckpt.get("format") != DETECTOR_FORMAT:
-            raise cli.UsageError(f"--model {path} is not a detector checkpoint (format {ckpt.get('format')!r}); "
-                                 "give an export folder or a checkpoint of python -m fsfm_fast.finetune")
-        model, config = detector_from_checkpoint(ckpt, path)
-        from .evaluate import eval_transform  # the transform the detector was evaluated with
-        transform, labels, threshold, name = eval_transform(config), list(config.labels), None, config.model
-    else:
-        raise cli.UsageError(f"--model {path} does not exist")
-    if not getattr(model, "num_classes", 0):
-        raise cli.UsageError(f"--model {path} has no classification head (an encoder export): predict needs a detector")
-    if FAKE not in labels or len(labels) != model.num_classes:
-        raise cli.UsageError(f"--model {path}: its label names {labels} do not name the '{FAKE}' class")
-    return Scorer(model.eval(), transform, labels.index(FAKE), threshold, f"{name} from {path}")
+    if not path.exists():
+        raise cli.UsageError(f"--detector {path} does not exist")
+    try:
+        model, transform, contract, name = _from_export(path) if path.is_dir() else _from_checkpoint(path)
+    except (ValueError, CheckpointError) as exc:  # a contract that does not hold, a checkpoint that does not load
+        raise cli.UsageError(f"--detector {path}: {exc}") from None
+    return Scorer(model.eval(), transform, contract, f"{name} from {path} (score {contract.score})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,7 +247,7 @@ class Result:
     """One input's outcome."""
     input: Input
     found: Found
-    scores: list[float] = field(default_factory=list)  # P(fake) per face, in the order of found.faces
+    scores: list[float] = field(default_factory=list)  # the score (P(positive)) per face, in the order of found.faces
 
     @property
     def score(self) -> float | None:
@@ -236,7 +259,7 @@ def _score(scorer: Scorer, faces: list[Face], device: torch.device, amp_dtype) -
     x = torch.stack([f.pixels for f in faces]).to(device, non_blocking=True)
     with autocast(device, amp_dtype):
         logits = scorer.model(x)
-    return logits.float().softmax(dim=1)[:, scorer.fake_index].cpu().tolist()
+    return positive_probability(logits, scorer.contract.positive_index).tolist()
 
 
 def predict(scorer: Scorer, inputs: list[Input], *, device: torch.device, amp_dtype, batch_size: int = 64,
@@ -270,32 +293,40 @@ def predict(scorer: Scorer, inputs: list[Input], *, device: torch.device, amp_dt
     return results
 
 
-def decision(score: float | None, threshold: float) -> str | None:
-    return None if score is None else (FAKE if score >= threshold else "real")
+def decision(score: float | None, threshold: float, contract: Contract) -> str | None:
+    """The class an input is called: the positive one when its score is ``>=`` the threshold."""
+    if score is None:
+        return None
+    return contract.positive_class if decide(score, threshold) else contract.negative_class
 
 
-def input_row(r: Result, threshold: float) -> dict:
+def input_row(r: Result, threshold: float, scorer: Scorer) -> dict:
     return {"level": "input", "input": str(r.input.path), "kind": r.input.kind, "faces": len(r.scores),
-            "frames": r.found.frames, "p_fake": r.score, "decision": decision(r.score, threshold),
-            "threshold": threshold, "error": r.found.error, "notes": "; ".join(r.found.notes) or None}
+            "frames": r.found.frames, scorer.score_key: r.score,
+            "decision": decision(r.score, threshold, scorer.contract), "threshold": threshold,
+            "error": r.found.error, "notes": "; ".join(r.found.notes) or None}
 
 
-def face_rows(r: Result) -> list[dict]:
+def face_rows(r: Result, scorer: Scorer) -> list[dict]:
     return [{"level": "face", "input": str(r.input.path), "kind": r.input.kind, "frame": f.frame, "box": f.box,
-             "p_fake": p} for f, p in zip(r.found.faces, r.scores)]
+             scorer.score_key: p} for f, p in zip(r.found.faces, r.scores)]
 
 
-CSV_COLUMNS = ["level", "input", "kind", "frame", "x0", "y0", "x1", "y1", "faces", "frames", "p_fake", "decision",
-               "threshold", "error", "notes"]
+def csv_columns(score_key: str = "p_fake") -> list[str]:
+    return ["level", "input", "kind", "frame", "x0", "y0", "x1", "y1", "faces", "frames", score_key, "decision",
+            "threshold", "error", "notes"]
 
 
-def write_rows(path: Path, results: list[Result], threshold: float) -> None:
+CSV_COLUMNS = csv_columns()  # a deepfake detector's; an anti-spoofing one has p_attack
+
+
+def write_rows(path: Path, results: list[Result], threshold: float, scorer: Scorer) -> None:
     """JSON lines (or CSV for a ``.csv`` name): each input's face rows, then its input row."""
-    rows = [row for r in results for row in face_rows(r) + [input_row(r, threshold)]]
+    rows = [row for r in results for row in face_rows(r, scorer) + [input_row(r, threshold, scorer)]]
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
         if path.suffix.lower() == ".csv":
-            writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, csv_columns(scorer.score_key), extrasaction="ignore")
             writer.writeheader()
             for row in rows:
                 box = row.get("box") or [None] * 4
@@ -305,13 +336,15 @@ def write_rows(path: Path, results: list[Result], threshold: float) -> None:
     os.replace(tmp, path)
 
 
-def format_table(results: list[Result], threshold: float, truth: dict[str, str] | None = None) -> str:
-    head = ["input", "kind", "faces", "P(fake)", "decision"] + (["truth"] if truth else []) + ["note"]
+def format_table(results: list[Result], threshold: float, contract: Contract,
+                 truth: dict[str, str] | None = None) -> str:
+    head = ["input", "kind", "faces", contract.score, "decision"] + (["truth"] if truth else []) + ["note"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in results:
         score = r.score
         cells = [str(r.input.path), r.input.kind, f"{len(r.scores)}/{r.found.frames}" if r.input.kind == VIDEO
-                 else str(len(r.scores)), "n/a" if score is None else f"{score:.3f}", decision(score, threshold) or "-"]
+                 else str(len(r.scores)), "n/a" if score is None else f"{score:.3f}",
+                 decision(score, threshold, contract) or "-"]
         if truth:
             cells.append(truth.get(str(r.input.path), "?"))
         note = r.found.error and f"NOT SCORED: {r.found.error}" or "; ".join(r.found.notes)
@@ -319,9 +352,10 @@ def format_table(results: list[Result], threshold: float, truth: dict[str, str] 
     return "\n".join(lines)
 
 
-def contact_sheet(results: list[Result], threshold: float, path: Path, max_faces: int, columns: int = 8) -> int:
+def contact_sheet(results: list[Result], threshold: float, path: Path, max_faces: int, columns: int = 8,
+                  score: str = "P(fake)") -> int:
     """A PNG grid of the scored faces (at most ``max_faces``, in input order), each captioned with its
-    input, frame and P(fake), framed red when called fake and green when called real. Returns the count."""
+    input, frame and ``score``, framed red when called the positive class and green otherwise. Returns the count."""
     tiles = [(r, f, p) for r in results for f, p in zip(r.found.faces, r.scores) if f.thumb is not None][:max_faces]
     if not tiles:
         return 0
@@ -333,12 +367,12 @@ def contact_sheet(results: list[Result], threshold: float, path: Path, max_faces
     draw = ImageDraw.Draw(sheet)
     for i, (r, face, p) in enumerate(tiles):
         x, y = (i % columns) * cell_w, (i // columns) * cell_h
-        colour = (200, 30, 30) if p >= threshold else (30, 150, 30)
+        colour = (200, 30, 30) if decide(p, threshold) else (30, 150, 30)
         draw.rectangle([x + 1, y + 1, x + cell_w - 2, y + pad + THUMB + pad - 2], outline=colour, width=3)
         sheet.paste(Image.fromarray(face.thumb), (x + pad, y + pad))
         name = r.input.path.name if face.frame is None else f"{r.input.path.name} #{face.frame}"
         draw.text((x + pad, y + 2 * pad + THUMB), name[-20:], fill="black", font=font)
-        draw.text((x + pad, y + 2 * pad + THUMB + 13), f"P(fake) {p:.3f}", fill=colour, font=font)
+        draw.text((x + pad, y + 2 * pad + THUMB + 13), f"{score} {p:.3f}", fill=colour, font=font)
     tmp = path.with_name(f".{path.name}.tmp.png")
     sheet.save(tmp, format="PNG")
     os.replace(tmp, path)
@@ -352,10 +386,15 @@ def contact_sheet(results: list[Result], threshold: float, path: Path, max_faces
 def get_args_parser():
     p = cli.argument_parser("fsfm_fast.predict", __doc__)
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="images, videos, or folders of them")
-    p.add_argument("--model", default=None, help="an export folder (fsfm_fast.export) or a detector checkpoint")
+    p.add_argument("--detector", default=None,
+                   help="an export folder (fsfm_fast.export) or a detector checkpoint (finetune, finetune_fas; whole "
+                        "or FS-Adapter)")
+    p.add_argument("--model", default=None, dest="old_detector", metavar="DETECTOR",
+                   help="the former name of --detector (elsewhere --model names an architecture)")
     p.add_argument("--demo", action="store_true", help="score synthetic real and fake videos with the demo detector")
     p.add_argument("--threshold", default=None, type=float,
-                   help="P(fake) at which an input is called fake (default: the model's, else 0.5)")
+                   help="score (P(fake), P(attack)) at which an input is called the positive class (default: the "
+                        "detector's recorded threshold, else 0.5)")
     p.add_argument("--output", default=None, help="write the scores here: .csv for CSV, anything else JSON lines")
     p.add_argument("--save_faces", default=None, metavar="PNG", help="write a contact sheet of the scored faces")
     p.add_argument("--sheet_max", default=64, type=int, help="most faces on the contact sheet")
@@ -373,14 +412,20 @@ def get_args_parser():
 
 
 def check_args(args) -> None:
-    if args.demo and (args.inputs or args.model or args.output or args.save_faces):
-        raise cli.UsageError(f"--demo makes its own inputs and model and writes to {DEMO_OUTPUT_DIR}/: give it "
-                             "without INPUT, --model, --output or --save_faces")
-    if not (args.demo or args.inputs or args.model or args.output or args.save_faces):
-        args.demo = True  # no inputs and no model: the embedded demo, as every verb runs with no data
-        print("no INPUT and no --model: running the demo (python -m fsfm_fast.predict --demo)", flush=True)
-    if not args.demo and (not args.inputs or not args.model):
-        raise cli.UsageError("give INPUT... and --model OUT_OR_CKPT (or nothing, or --demo, for the demo)")
+    if args.old_detector is not None:
+        if args.detector is not None:
+            raise cli.UsageError("give --detector only (--model is its former name)")
+        args.detector = args.old_detector
+        print("fsfm_fast.predict: --model is now --detector (an export folder or detector checkpoint); "
+              f"read as --detector {args.detector}", file=sys.stderr, flush=True)
+    if args.demo and (args.inputs or args.detector or args.output or args.save_faces):
+        raise cli.UsageError(f"--demo makes its own inputs and detector and writes to {DEMO_OUTPUT_DIR}/: give it "
+                             "without INPUT, --detector, --output or --save_faces")
+    if not (args.demo or args.inputs or args.detector or args.output or args.save_faces):
+        args.demo = True  # no inputs and no detector: the embedded demo, as every verb runs with no data
+        print("no INPUT and no --detector: running the demo (python -m fsfm_fast.predict --demo)", flush=True)
+    if not args.demo and (not args.inputs or not args.detector):
+        raise cli.UsageError("give INPUT... and --detector OUT_OR_CKPT (or nothing, or --demo, for the demo)")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise cli.UsageError(f"--threshold is a probability in [0, 1], got {args.threshold}")
     if min(args.batch_size, args.num_frames, args.sheet_max) < 1 or args.num_workers < 0 or args.crop_scale <= 0:
@@ -405,12 +450,11 @@ def collect_inputs(paths: list[str]) -> tuple[list[Input], list[tuple[str, str]]
 
 
 def run(args, truth: dict[str, str] | None = None) -> tuple[list[Result], float]:
-    scorer = load_scorer(args.model)
+    scorer = load_scorer(args.detector)
     inputs, absent = collect_inputs(args.inputs)
-    threshold = args.threshold if args.threshold is not None else scorer.threshold
-    threshold_note = ("given" if args.threshold is not None else "recorded in the model" if threshold is not None
-                      else "the default: the model records none")
-    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    threshold, threshold_note = scorer.contract.resolve_threshold(args.threshold)
+    if args.threshold is not None and scorer.contract.threshold is not None:
+        threshold_note += f" (--threshold), instead of the recorded {scorer.contract.threshold:g}"
     device = resolve_device(args.device)
     amp_dtype = autocast_dtype(args.precision, device)
     precision = "fp32" if amp_dtype is None else str(amp_dtype).split(".")[-1]
@@ -428,14 +472,14 @@ def run(args, truth: dict[str, str] | None = None) -> tuple[list[Result], float]
                       num_frames=args.num_frames, crop_scale=args.crop_scale, thumbs=bool(args.save_faces),
                       progress=report)
     results += [Result(Input(Path(spec), Path(spec).stem, "missing"), Found(-1, error=why)) for spec, why in absent]
-    print(format_table(results, threshold, truth))
+    print(format_table(results, threshold, scorer.contract, truth))
     scored = sum(r.score is not None for r in results)
     print(f"{scored} of {len(results)} inputs scored")
     if args.output:
-        write_rows(Path(args.output), results, threshold)
+        write_rows(Path(args.output), results, threshold, scorer)
         print(f"wrote {args.output}")
     if args.save_faces:
-        shown = contact_sheet(results, threshold, Path(args.save_faces), args.sheet_max)
+        shown = contact_sheet(results, threshold, Path(args.save_faces), args.sheet_max, score=scorer.contract.score)
         print(f"wrote {args.save_faces} ({shown} faces)")
     return results, threshold
 
@@ -463,14 +507,15 @@ def run_demo(args) -> list[Result]:
         print(f"\n== demo videos {what}", flush=True)
         videos = write_forgery_videos(out / name / "videos", people=2, num_frames=8, **video_args)
         truth = {str(path): "real" if kind == "real" else f"fake ({kind})" for path, kind in videos}
-        args.inputs, args.model, args.face_detector = [str(path) for path, _ in videos], DEMO_EXPORT_DIR, detector
+        args.inputs, args.detector, args.face_detector = [str(path) for path, _ in videos], DEMO_EXPORT_DIR, detector
         args.num_frames = min(args.num_frames, 8)
         args.output, args.save_faces = str(out / name / "predictions.jsonl"), str(out / name / "faces.png")
         found, threshold = run(args, truth)
-        called = [(decision(r.score, threshold), truth[str(r.input.path)].split(" ")[0]) for r in found]
-        counts = {t: (sum(c == t for c, w in called if w == t), sum(w == t for _, w in called)) for t in ("real", FAKE)}
-        summary.append(f"  {name}: {counts['real'][0]} of {counts['real'][1]} real and {counts[FAKE][0]} of "
-                       f"{counts[FAKE][1]} fake videos called correctly at threshold {threshold:g}")
+        called = [(decide(r.score, threshold) if r.score is not None else None,
+                   truth[str(r.input.path)] != "real") for r in found]
+        counts = {t: (sum(c == t for c, w in called if w == t), sum(w == t for _, w in called)) for t in (False, True)}
+        summary.append(f"  {name}: {counts[False][0]} of {counts[False][1]} real and {counts[True][0]} of "
+                       f"{counts[True][1]} fake videos called correctly at threshold {threshold:g}")
         results += found
     print("\ndemo summary (the demo detector is a tiny ViT fine-tuned for minutes on synthetic forgeries):")
     print("\n".join(summary))

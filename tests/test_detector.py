@@ -133,6 +133,32 @@ def test_detector_checkpoint_round_trip(tmp_path):
         load_detector(tmp_path / "other.pth")
 
 
+def test_detector_config_records_the_inference_contract_and_reads_old_records():
+    deepfake = DetectorConfig(model=TINY, img_size=32)
+    record = deepfake.to_dict()
+    assert (record["positive_class"], record["score"], record["threshold"]) == ("fake", "P(fake)", None)
+    assert deepfake.contract.positive_index == 1 and deepfake.contract.negative_class == "real"
+    fas = DetectorConfig(model=TINY, img_size=32, labels=("real", "attack"), head="fas", threshold=0.25,
+                         threshold_source="source-selected: held-out source data")
+    assert DetectorConfig.from_dict(fas.to_dict()) == fas
+    assert fas.contract.score == "P(attack)" and fas.contract.resolve_threshold() == (
+        0.25, "recorded in the detector: source-selected: held-out source data")
+    assert fas.contract.resolve_threshold(0.6) == (0.6, "given")
+    # a record written before the contract: derived from its labels; its "fas" head was the pooled one
+    old = {k: v for k, v in fas.to_dict().items() if k not in ("positive_class", "score", "threshold",
+                                                                 "threshold_source")}
+    legacy = DetectorConfig.from_dict(old)
+    assert legacy.positive_class == "attack" and legacy.threshold is None and legacy.head == "fas_pooled"
+    assert DetectorConfig.from_dict({**old, "head": "linear", "labels": ["fake", "real"]}).contract.positive_index == 0
+    assert DetectorConfig.from_dict({**old, "labels": ["live", "spoof"]}).positive_class == "spoof"  # class 1
+    with pytest.raises(ValueError, match="needs its source"):
+        DetectorConfig(model=TINY, threshold=0.5)
+    with pytest.raises(ValueError, match="not one of the labels"):
+        DetectorConfig(model=TINY, positive_class="attack")
+    with pytest.raises(ValueError, match="probability"):
+        DetectorConfig(model=TINY, threshold=1.5, threshold_source="given")
+
+
 # ----------------------------------------------------------------------------------------------
 # labelled images
 

@@ -1,6 +1,7 @@
 """The exits: FSFM models registered in timm, python -m fsfm_fast.export (safetensors + config.json, ONNX)
-and python -m fsfm_fast.predict (images, folders, videos, contact sheet, per-input errors), all on a tiny
-ViT at 32 px so that the whole file runs in seconds."""
+and python -m fsfm_fast.predict (images, folders, videos, contact sheet, per-input errors; deepfake, FAS-head
+and FS-Adapter detectors and their exports, with the recorded threshold; the one ``>=`` decision of every
+verb), all on a tiny ViT at 32 px so that the whole file runs in seconds."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,8 @@ import timm
 import torch
 from PIL import Image
 
-from fsfm_fast import cli, export, predict
+from fsfm_fast import export, predict
+from fsfm_fast.runtime import cli
 from fsfm_fast.formats import safe_load
 from fsfm_fast.models import DETECTOR_FORMAT, DetectorConfig, create_online
 from fsfm_fast.formats import MEAN_STD_FILE
@@ -276,7 +278,7 @@ def predicted(exported, tmp_path_factory):
     (root / "photos" / "notes.txt").write_text("not a picture")
     video = write_synthetic_videos(root / "videos", num_videos=1, num_frames=6)[0]
     out = root / "scores.jsonl"
-    code = _cli(predict.main, root / "photos", video, root / "missing.mp4", "--model", exported,
+    code = _cli(predict.main, root / "photos", video, root / "missing.mp4", "--detector", exported,
                 "--output", out, "--save_faces", root / "faces.png", "--num_frames", 4, "--num_workers", 2)
     return root, video, out, code
 
@@ -324,7 +326,7 @@ def test_predict_writes_a_contact_sheet_and_csv(predicted, exported, tmp_path):
     first = faces[0]["p_fake"]
     assert (frame == ((200, 30, 30) if first >= 0.4 else (30, 150, 30))).all()
     csv_path = tmp_path / "scores.csv"
-    assert _cli(predict.main, video, "--model", exported, "--output", csv_path, "--num_frames", 2,
+    assert _cli(predict.main, video, "--detector", exported, "--output", csv_path, "--num_frames", 2,
                 "--num_workers", 0, "--threshold", 0.9) == 0
     lines = csv_path.read_text().splitlines()
     assert lines[0].split(",") == predict.CSV_COLUMNS and len(lines) == 1 + 2 + 1
@@ -334,7 +336,10 @@ def test_predict_writes_a_contact_sheet_and_csv(predicted, exported, tmp_path):
 def test_predict_refuses_an_encoder_and_says_what_the_demo_needs(reference_ckpt, exported_encoder, tmp_path, capsys,
                                                                  monkeypatch):
     assert _cli(predict.main, str(reference_ckpt), "--model", exported_encoder) == 2
-    assert "no classification head" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the former name still works, and says what replaced it, in one line
+    assert "--model is now --detector" in err and "no classification head" in err and err.count("\n") == 2
+    assert _cli(predict.main, str(reference_ckpt), "--model", exported_encoder, "--detector", exported_encoder) == 2
+    assert "give --detector only" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)
     assert _cli(predict.main, "--demo") == 2
     err = capsys.readouterr().err.strip()
@@ -342,5 +347,145 @@ def test_predict_refuses_an_encoder_and_says_what_the_demo_needs(reference_ckpt,
     assert _cli(predict.main) == 2  # no arguments at all is the demo, which says the same
     captured = capsys.readouterr()
     assert "running the demo" in captured.out and "run python -m fsfm_fast.finetune first" in captured.err
-    assert _cli(predict.main, "--model", exported_encoder) == 2  # half a command is not the demo
+    assert _cli(predict.main, "--detector", exported_encoder) == 2  # half a command is not the demo
     assert "give INPUT" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# the inference contract: anti-spoofing and FS-Adapter detectors in predict, the recorded threshold
+
+
+SOURCE_SELECTED = "source-selected: FAR = FRR on held-out source data"
+
+
+@pytest.fixture(scope="module")
+def face_crops(tmp_path_factory):
+    """Three already-cropped 'faces' (predict --face_detector none), different enough to score differently."""
+    folder = tmp_path_factory.mktemp("crops")
+    rng = np.random.default_rng(4)
+    for i in range(3):
+        pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) // (i + 1)
+        Image.fromarray(pixels).save(folder / f"crop_{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module", params=["fas_head", "fs_adapter"])
+def fas_checkpoint(request, reference_ckpt, tmp_path_factory):
+    """An anti-spoofing detector checkpoint recording a source-selected threshold: a whole detector with the
+    reference's FAS head, or an FS-Adapter checkpoint (trained parts only) on the release encoder."""
+    from fsfm_fast.models import ADAPTER_FORMAT, load_pretrained_encoder
+    from fsfm_fast.models.adapter import encoder_reference, trained_state
+    adapter = request.param == "fs_adapter"
+    torch.manual_seed(6)
+    config = DetectorConfig(model=TINY, img_size=SIZE, mean=tuple(STATS["mean"]), std=tuple(STATS["std"]),
+                            eval_resize="plain", head="fas", adapter="fs" if adapter else "",
+                            labels=("real", "attack"), threshold=0.45, threshold_source=SOURCE_SELECTED)
+    model = config.build()
+    path = tmp_path_factory.mktemp(request.param) / "checkpoint-best.pth"
+    if adapter:
+        encoder = load_pretrained_encoder(model, reference_ckpt)
+        _perturbed(model.head, 0.05)
+        torch.save({"format": ADAPTER_FORMAT, "detector": config.to_dict(), "model": trained_state(model),
+                    "encoder": encoder_reference(encoder)}, path)
+    else:
+        _perturbed(model, 0.05)
+        torch.save({"format": DETECTOR_FORMAT, "detector": config.to_dict(), "model": model.state_dict()}, path)
+    return path, model.eval(), config
+
+
+@pytest.fixture(scope="module")
+def fas_export(fas_checkpoint, tmp_path_factory):
+    """The export of each anti-spoofing detector; the export itself checks that timm rebuilds it (and, with the
+    [export] extra, that onnxruntime reproduces it)."""
+    out = tmp_path_factory.mktemp("fas_export") / "detector"
+    onnx = ["--onnx"] if all(importlib.util.find_spec(m) for m in export.ONNX_PACKAGES) else []
+    assert _cli(export.main, "--checkpoint", fas_checkpoint[0], "--output_dir", out, *onnx) == 0
+    return out
+
+
+def _predict_rows(capsys, detector, crops, out, *extra) -> tuple[dict, str]:
+    capsys.readouterr()
+    assert _cli(predict.main, crops, "--detector", detector, "--face_detector", "none", "--num_workers", 0,
+                "--output", out, *extra) == 0
+    printed = capsys.readouterr().out
+    return {Path(r["input"]).name: r for r in _rows(out) if r["level"] == "input"}, printed
+
+
+@pytest.mark.parametrize("via", ["checkpoint", "export"])
+def test_predict_scores_anti_spoofing_detectors_with_their_recorded_threshold(fas_checkpoint, fas_export, face_crops,
+                                                                              via, tmp_path, capsys):
+    """A FAS-head detector and an FS-Adapter checkpoint (the two fixture parameters), each as its checkpoint
+    and as its export: P(attack) of each crop, named so, called at the threshold the detector records."""
+    from fsfm_fast.evaluate import eval_transform
+    path, model, config = fas_checkpoint
+    if via == "export":
+        record = json.loads((fas_export / "config.json").read_text())
+        assert record["label_names"] == ["real", "attack"] and record["model_args"]["head"] == "fas"
+        assert (record["fsfm_fast"]["positive_class"], record["fsfm_fast"]["score"]) == ("attack", "P(attack)")
+        assert record["fsfm_fast"]["threshold"] == 0.45 and record["fsfm_fast"]["threshold_source"] == SOURCE_SELECTED
+    rows, printed = _predict_rows(capsys, path if via == "checkpoint" else fas_export, face_crops,
+                                  tmp_path / "rows.jsonl")
+    assert "| P(attack) |" in printed and "P(fake)" not in printed
+    assert f"threshold 0.45 (recorded in the detector: {SOURCE_SELECTED})" in printed
+    transform = eval_transform(config)
+    scores = []
+    for name, row in rows.items():
+        x = transform(Image.open(face_crops / name).convert("RGB"))[None]
+        with torch.no_grad():
+            expected = model(x).softmax(1)[0, 1].item()
+        assert "p_fake" not in row and row["p_attack"] == pytest.approx(expected, abs=1e-5)
+        assert row["decision"] == ("attack" if row["p_attack"] >= 0.45 else "real") and row["threshold"] == 0.45
+        scores.append(row["p_attack"])
+    assert max(scores) - min(scores) > 1e-3, "the crops should score differently"
+
+
+def test_every_verb_calls_a_score_equal_to_the_threshold_the_positive_class(fas_export, face_crops, tmp_path,
+                                                                            capsys):
+    """evaluate's metrics, the FAS metrics, export (its recorded threshold) and predict use one rule,
+    ``score >= threshold``: a score exactly equal to the threshold is the positive class in each."""
+    from fsfm_fast.evaluate import summarize
+    from fsfm_fast.metrics import SingleClassWarning, hter
+    rows, _ = _predict_rows(capsys, fas_export, face_crops, tmp_path / "first.jsonl")
+    name, row = sorted(rows.items())[0]
+    s = row["p_attack"]  # a score the detector really gives, exactly (JSON keeps every bit of a float)
+    # predict, given the threshold
+    again, _ = _predict_rows(capsys, fas_export, face_crops, tmp_path / "given.jsonl", "--threshold", repr(s))
+    assert again[name]["p_attack"] == s and again[name]["decision"] == "attack"
+    # export: recorded, carried exactly, and predict applies it
+    out = tmp_path / "at_s"
+    assert _cli(export.main, "--checkpoint", fas_export, "--output_dir", out, "--threshold", repr(s)) == 0
+    record = json.loads((out / "config.json").read_text())["fsfm_fast"]
+    assert record["threshold"] == s and record["threshold_source"] == "given at export (--threshold)"
+    carried, printed = _predict_rows(capsys, out, face_crops, tmp_path / "carried.jsonl")
+    assert carried[name]["p_attack"] == s and carried[name]["decision"] == "attack" and "recorded in the detector" in printed
+    # evaluate's accuracies and the FAS metrics: a real face scoring s is rejected, an attack scoring s caught
+    labels, scores, videos = np.array([0, 1]), np.array([s, s]), np.array(["a", "b"])
+    m = summarize(labels, scores, videos, threshold=s)
+    assert m["frame"]["acc"] == 0.5 and m["frame"]["balanced_acc"] == 0.5 and m["video"]["acc"] == 0.5
+    with pytest.warns(SingleClassWarning):  # one class: no AUC, but an accuracy
+        assert summarize(np.array([1]), np.array([s]), np.array(["b"]), threshold=s)["frame"]["acc"] == 1.0
+    assert hter(labels, scores, s)[1:] == (0.0, 1.0)  # FAR 0 (the attack is caught), FRR 1 (the real rejected)
+    assert predict.decision(s, s, predict.Contract(("real", "attack"), "attack")) == "attack"
+
+
+def test_an_export_older_than_the_contract_keeps_its_pooled_fas_head(fas_checkpoint, fas_export, tmp_path):
+    """Before the contract, "fas" named the head on the pooled feature: such an export (no positive_class,
+    no threshold_source) is rebuilt as it was trained, and its contract derived from its labels."""
+    import shutil
+    from fsfm_fast.models.heads import FASHead
+    if fas_checkpoint[2].adapter:
+        pytest.skip("the FS-Adapter's FAS head reads the pooled feature either way")
+    old = tmp_path / "old_export"
+    shutil.copytree(fas_export, old)
+    config = json.loads((old / "config.json").read_text())
+    for key in ("positive_class", "score", "threshold_source"):
+        del config["fsfm_fast"][key]
+    (old / "config.json").write_text(json.dumps(config))
+    scorer = predict.load_scorer(str(old))
+    assert isinstance(scorer.model.head, FASHead) and scorer.model.head.pooled
+    assert scorer.contract.positive_class == "attack" and scorer.contract.threshold == 0.45
+    assert scorer.contract.threshold_source == "recorded in the export"
+    assert not predict.load_scorer(str(fas_export)).model.head.pooled
+    again = tmp_path / "again"  # exported again: still the pooled head, now named so
+    assert _cli(export.main, "--checkpoint", old, "--output_dir", again) == 0
+    assert json.loads((again / "config.json").read_text())["model_args"]["head"] == "fas_pooled"

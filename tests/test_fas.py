@@ -1,7 +1,8 @@
 """Face anti-spoofing and the FS-Adapter: the balanced sampler, HTER/AUC/TPR@FPR against hand-computed
-values, honest versus oracle thresholds, the reference's normalised-weight head, the adapter (frozen
-encoder, what trains, what is saved, how it loads), the real-anchored contrastive loss against a
-per-pair loop, seed aggregation, and short runs of both verbs end to end."""
+values, the reference's grid threshold, honest versus oracle thresholds, the reference's FAS head against
+a plain re-statement of its computation (and the pooled ablation), the heads in training mode, the
+adapter (frozen encoder, what trains, what is saved, how it loads), the real-anchored contrastive loss
+against a per-pair loop, seed aggregation, and short runs of both verbs end to end."""
 from __future__ import annotations
 
 import csv
@@ -19,10 +20,10 @@ from fsfm_fast.runtime.cli import UsageError
 from fsfm_fast.data.forgery import write_forgery_benchmark
 from fsfm_fast.data.sampler import BalancedBatchSampler
 from fsfm_fast.data.spoof import write_spoof_benchmark
-from fsfm_fast.metrics import eer_threshold, fas_metrics, hter, tpr_at_fpr
+from fsfm_fast.metrics import eer_threshold, fas_metrics, grid_eer_threshold, grid_thresholds, hter, tpr_at_fpr
 from fsfm_fast.models import ADAPTER_FORMAT, create_detector, load_detector, real_anchored_contrastive
 from fsfm_fast.models.adapter import freeze_encoder, load_adapter_detector, trained_state
-from fsfm_fast.models.heads import FASHead, NormalizedLinear
+from fsfm_fast.models.heads import FASHead, FSAdapterHead, InPlaceNormalizedLinear, NormalizedLinear
 
 TINY = "fsfm_vit_tiny_patch16"
 
@@ -103,9 +104,33 @@ def test_honest_threshold_comes_from_source_data_and_oracle_from_the_target():
     assert honest["held_out"]["video"]["threshold"] == pytest.approx(0.3)
     assert honest["video"]["threshold"] == pytest.approx(0.3) and honest["frame"]["threshold"] == pytest.approx(0.3)
     assert honest["video"]["frr"] == 1.0 and honest["video"]["far"] == 0.0 and honest["video"]["hter"] == 0.5
-    assert oracle["video"]["threshold"] == pytest.approx(0.71) and oracle["video"]["hter"] == 0.0
-    assert oracle["frame"]["hter"] == 0.0 and oracle["uses_target_labels"]
+    # the oracle's threshold is on the reference's grid: the lowest grid point above the highest real
+    # (video 0.56 = mean(0.55, 0.57) -> 0.5601; frame 0.57 -> 5700 x 1e-4, which is 0.5700000000000001 > 0.57)
+    assert oracle["video"]["threshold"] == pytest.approx(0.5601) and oracle["video"]["hter"] == 0.0
+    assert oracle["frame"]["threshold"] == 5700 * (1.0 / 10000) and oracle["frame"]["hter"] == 0.0
+    assert oracle["uses_target_labels"] and "grid" in oracle["threshold_rule"]
+    assert "exact" in honest["threshold_rule"]
     assert honest["video"]["auc"] == oracle["video"]["auc"] == 1.0  # AUC needs no threshold
+
+
+def test_grid_threshold_is_the_reference_s_and_cannot_split_between_grid_points():
+    grid = grid_thresholds()
+    assert grid.size == 10002 and grid[0] == 0.0 and grid[-2] == 1.0 and grid[-1] == 1.1
+    assert grid[1234] == 1234 * (1.0 / 10000)  # computed as the reference does, not 1234 / 10000
+    # reals 0.2 and 0.50001, attacks 0.50002 and 0.8: the observed scores split them perfectly, but no
+    # grid point lies between 0.50001 and 0.50002 (both in (0.5, 0.5001)), so the grid's best leaves one
+    # of four mistakes on each side: |FRR - FAR| = 1/2 everywhere from 0.2001 to 0.8, the lowest kept
+    labels, scores = [0, 0, 1, 1], [0.2, 0.50001, 0.50002, 0.8]
+    assert eer_threshold(labels, scores) == pytest.approx(0.50002)
+    assert fas_metrics(labels, scores)["hter"] == 0.0
+    assert grid_eer_threshold(labels, scores) == pytest.approx(0.2001)
+    grid = fas_metrics(labels, scores, rule="grid")
+    assert grid["threshold"] == pytest.approx(0.2001) and grid["hter"] == pytest.approx(0.25)
+    # a score exactly on a grid point is an attack there (>=), as every decision in the package
+    assert grid_eer_threshold([0, 1], [0.3, 0.5]) == pytest.approx(0.3001)
+    assert hter([0, 1], [0.3, 0.5], 0.5)[0] == 0.0
+    with pytest.raises(ValueError, match="rule"):
+        fas_metrics(labels, scores, rule="median")
 
 
 def test_seed_aggregation_mean_and_population_std(tmp_path):
@@ -130,9 +155,11 @@ def test_seed_aggregation_mean_and_population_std(tmp_path):
 # heads, adapter, contrastive loss
 
 
-def test_fas_head_scales_its_feature_and_normalises_its_weights():
+def test_pooled_fas_head_scales_its_feature_and_normalises_its_weights():
+    """The ``fas_pooled`` ablation: the head's modules on one pooled feature, normalised over its channels."""
     torch.manual_seed(0)
-    head = FASHead(24, 2).eval()
+    head = FASHead(24, 2, pooled=True).eval()
+    assert isinstance(head.classifier, NormalizedLinear) and not head.reads_tokens
     x = torch.randn(5, 24)
     f = F.relu(head.bottleneck(x))
     scaled = f / torch.sqrt(2 * f.norm(dim=1, keepdim=True))
@@ -151,29 +178,122 @@ def test_fas_head_scales_its_feature_and_normalises_its_weights():
     assert head.bottleneck.in_features == 24, "the head reads the encoder's width"
 
 
+def _reference_fas_logits(model, x: torch.Tensor) -> torch.Tensor:
+    """The reference's FAS model (cross_domain_FAS/models_vit.py and fas.py), restated plainly on the
+    detector's own modules, in eval mode: all tokens, slot 0 replaced by fc_norm of the mean patch token;
+    the embedder on every token; norm over dim 1 (the tokens); classifier with column-normalised weights on
+    every token, slot 0 read."""
+    tokens = model.forward_features(x)  # timm's blocks; under avg pooling no final norm, as the reference
+    out = torch.zeros_like(tokens)
+    out[:, 0, :] = model.fc_norm(tokens[:, 1:, :].mean(dim=1))
+    out[:, 1:, :] = tokens[:, 1:, :]
+    h = model.head
+    feature = F.relu(F.linear(out, h.bottleneck.weight, h.bottleneck.bias))
+    feature = feature / (torch.norm(feature, p=2, dim=1, keepdim=True).clamp(min=1e-12) ** 0.5 * 2 ** 0.5)
+    w = h.classifier.weight
+    w = w / torch.norm(w, 2, 0, True)
+    return F.linear(feature, w, h.classifier.bias)[:, 0]
+
+
+def test_fas_head_computes_the_reference_s_model_and_the_pooled_one_does_not():
+    torch.manual_seed(3)
+    token_wise = create_detector(TINY, img_size=32, head="fas", drop_path_rate=0.0).eval()
+    pooled = create_detector(TINY, img_size=32, head="fas_pooled", drop_path_rate=0.0).eval()
+    with torch.no_grad():  # a trained-looking fc_norm and classifier, so every part matters
+        token_wise.fc_norm.weight.normal_(1.0, 0.3)
+        token_wise.fc_norm.bias.normal_(0.0, 0.3)
+        token_wise.head.classifier.weight.normal_(0.0, 1.0)
+        token_wise.head.classifier.bias.normal_(0.0, 0.1)
+    pooled.load_state_dict(token_wise.state_dict())  # the same keys: one set of weights for both
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = _reference_fas_logits(token_wise, x)
+        got, other = token_wise(x), pooled(x)
+    scale = expected.abs().max()
+    assert float((got - expected).abs().max() / scale) < 1e-5
+    assert float((other - expected).abs().max() / scale) > 1e-2, "the pooled ablation computes something else"
+    assert torch.equal(token_wise.forward_head(token_wise.forward_features(x), pre_logits=True),
+                       token_wise.fc_norm(token_wise.forward_features(x)[:, 1:].mean(1)))
+
+
+def test_fas_heads_in_training_mode():
+    torch.manual_seed(5)
+    head = FASHead(24, 2).train()
+    assert isinstance(head.classifier, InPlaceNormalizedLinear) and head.reads_tokens
+    tokens = torch.randn(3, 7, 24)
+    # the dropout sits after the ReLU on every token, before the scaling across tokens
+    torch.manual_seed(11)
+    got = head.features(tokens)
+    torch.manual_seed(11)
+    f = F.dropout(F.relu(head.bottleneck(tokens)), 0.5, training=True)
+    assert torch.allclose(got, (f / (f.norm(dim=1, keepdim=True).clamp(min=1e-12).sqrt() * 2 ** 0.5))[:, 0], atol=1e-6)
+    # the classifier's stored weight becomes its column-normalised copy at a training forward, and the
+    # gradient is a plain Linear's at that weight (none flows through the normalisation)
+    with torch.no_grad():
+        head.classifier.weight.mul_(3.0)
+    feature = torch.randn(5, 512)
+    before = head.classifier.weight.detach().clone()
+    out = head.classifier(feature)
+    unit = before / before.norm(dim=0, keepdim=True)
+    assert torch.allclose(head.classifier.weight, unit, atol=1e-6)
+    assert torch.allclose(head.classifier.weight.norm(dim=0), torch.ones(512), atol=1e-5)
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    assert torch.allclose(head.classifier.weight.grad, upstream.T @ feature, atol=1e-5)
+    # in eval mode the same outputs, and the parameters are left alone
+    head.eval()
+    with torch.no_grad():
+        head.classifier.weight.mul_(2.0)
+        stored = head.classifier.weight.clone()
+        assert torch.allclose(head.classifier(feature), feature @ unit.T + head.classifier.bias, atol=1e-5)
+    assert torch.equal(head.classifier.weight, stored)
+    # the FS-Adapter: its ReLU output is non-negative, its projection rows unit-norm in training
+    adapter_head = FSAdapterHead(24, 2, head="fas").train()
+    x = torch.randn(6, 24)
+    adapted, bottleneck = adapter_head.adapter(x)
+    assert adapted.shape == (6, 24) and (adapted >= 0).all() and (bottleneck >= 0).all()
+    assert (adapted == 0).any(), "a ReLU on random inputs zeroes some outputs"
+    logits, projection = adapter_head(x)
+    assert logits.shape == (6, 2) and torch.allclose(projection.norm(dim=1), torch.ones(6), atol=1e-6)
+    assert not getattr(adapter_head, "reads_tokens", False), "the FS-Adapter pools first"
+
+
 def _direct_contrastive(z: torch.Tensor, labels: list[int], t: float) -> float:
-    """The real-anchored loss pair by pair, in float64 Python loops."""
+    """The reference's real-anchored loss pair by pair, in float64 Python loops: each anchor's row shifted
+    by its maximum (itself included), 1e-6 added to the denominator; no real sample: 1e-6."""
     z = z.double()
     n, total = len(labels), 0.0
+    if 0 not in labels:
+        return 1e-6
     for i in range(n):
         positives = [j for j in range(n) if j != i and labels[i] == 0 and labels[j] == 0]
         if not positives:
             continue
-        denom = sum(math.exp(float(z[i] @ z[a]) / t) for a in range(n) if a != i)
-        total += -sum(math.log(math.exp(float(z[i] @ z[p]) / t) / denom) for p in positives) / len(positives)
+        row = [float(z[i] @ z[a]) / t for a in range(n)]
+        m = max(row)
+        denom = sum(math.exp(row[a] - m) for a in range(n) if a != i) + 1e-6
+        total += -sum(row[p] - m - math.log(denom) for p in positives) / len(positives)
     return total / n * (t / 0.07)
 
 
 def test_real_anchored_contrastive_loss_matches_a_per_pair_loop():
     torch.manual_seed(1)
-    for labels, t in (([0, 0, 1, 1, 0, 1], 0.07), ([0, 1, 1, 1], 0.07), ([1, 1, 1], 0.07), ([0, 0, 1, 0], 0.2)):
+    for labels, t in (([0, 0, 1, 1, 0, 1], 0.07), ([0, 1, 1, 1], 0.07), ([1, 1, 1], 0.07), ([0, 0, 1, 0], 0.2),
+                      ([0, 0, 0], 0.07)):
         z = F.normalize(torch.randn(len(labels), 8), dim=1).requires_grad_(True)
         loss = real_anchored_contrastive(z, torch.tensor(labels), temperature=t)
-        assert loss.item() == pytest.approx(_direct_contrastive(z.detach(), labels, t), rel=1e-5, abs=1e-6), labels
+        assert loss.item() == pytest.approx(_direct_contrastive(z.detach(), labels, t), rel=1e-5, abs=1e-9), labels
         loss.backward()
         assert torch.isfinite(z.grad).all()
-        if labels.count(0) < 2:  # no real pair: nothing to pull together, the loss is 0 with zero gradients
-            assert loss.item() == 0.0 and not z.grad.any()
+        if labels.count(0) < 2:  # no real pair: nothing to pull together, zero gradients
+            assert loss.item() == pytest.approx(0.0 if 0 in labels else 1e-6, abs=1e-12) and not z.grad.any()
+    # the 1e-6 is inside the log: features where the denominator is tiny show it (the exact form differs)
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    loss = real_anchored_contrastive(z, torch.tensor([0, 0, 1]), temperature=0.07)
+    exact = -(1 / 0.07 - torch.logsumexp(torch.tensor([1 / 0.07, -1 / 0.07]), 0)) * 2 / 3
+    # float32 resolves log(1 + 1e-6) to ~5%; the exact form would give ~3e-13
+    assert loss.item() == pytest.approx(_direct_contrastive(z, [0, 0, 1], 0.07), rel=0.1)
+    assert loss.item() > 5e-7 and exact.item() < 1e-11
     # reals are pulled together and pushed from attacks: both get gradients
     z = F.normalize(torch.randn(5, 8), dim=1).requires_grad_(True)
     real_anchored_contrastive(z, torch.tensor([0, 0, 1, 1, 1])).backward()
@@ -272,11 +392,19 @@ def test_fas_run_reports_both_evaluations_for_every_seed(spoof_bench, encoder_fi
         assert best["detector"]["head"] == "fas"
         seed_metrics = metrics["honest"]["seeds"][str(seed)]
         assert seed_metrics["video"]["threshold"] == pytest.approx(seed_metrics["held_out"]["video"]["threshold"])
+        # the honest frame threshold is the checkpoint's decision threshold; the oracle's never is
+        assert best["detector"]["threshold"] == pytest.approx(seed_metrics["held_out"]["frame"]["threshold"])
+        assert best["detector"]["threshold_source"].startswith("source-selected")
+        assert best["detector"]["positive_class"] == "attack" and best["detector"]["score"] == "P(attack)"
+        assert oracle["detector"]["threshold"] is None and oracle["selection"]["metric"] == "hter_grid"
+        assert load_detector(out / f"seed_{seed}" / "checkpoint-best.pth")[1].threshold == best["detector"]["threshold"]
+    assert "grid" in metrics["protocol"]["threshold_rules"]["oracle"]
+    assert "exact" in metrics["protocol"]["threshold_rules"]["honest"]
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert {(r["evaluation"], r["split"]) for r in rows} == {("honest", "val"), ("honest", "target"),
                                                              ("oracle", "target")}
     assert sum(r["split"] == "target" and r["seed"] == "0" for r in rows) == 2 * 2 * 3 * 2  # 2 ids x 3 kinds x 2 fr
-    assert "USES TARGET LABELS" in (out / "table.md").read_text()
+    assert "USES TARGET LABELS" in (out / "table.md").read_text() and "grid" in (out / "table.md").read_text()
 
     # the FS-Adapter: a second run resumes nothing, trains only its parts, and its checkpoints load
     adapted = tmp_path / "fas_adapter"

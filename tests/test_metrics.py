@@ -20,9 +20,12 @@ def test_tied_scores_and_an_eer_between_roc_points():
     assert m["ap"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
     # ROC points (fpr, fnr): (0, 1/2) then (1/2, 0), the tie making one diagonal step; FPR = FNR at 1/4.
     assert m["eer"] == pytest.approx(0.25)
-    # Fake when score > 0.5: only 0.9 -> correct on 0.2, 0.5 (real), 0.9; wrong on 0.5 (fake).
+    # Fake when score >= 0.5 (inference.decide): 0.5 and 0.9 -> correct on 0.2, 0.5 (fake), 0.9; wrong on
+    # 0.5 (real). (A ">" rule also gets 3 of 4 here, wrong on the other 0.5; the cases below tell them apart.)
     assert m["acc"] == pytest.approx(0.75)
-    assert m["balanced_acc"] == pytest.approx((2 / 2 + 1 / 2) / 2)
+    assert m["balanced_acc"] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    at = frame_metrics([0, 1], [0.3, 0.7], threshold=0.7)  # a score equal to the threshold is a fake
+    assert at["acc"] == 1.0 and frame_metrics([0, 1], [0.7, 0.9], threshold=0.7)["acc"] == 0.5
 
 
 def test_eer_on_a_roc_point_and_at_perfect_separation():

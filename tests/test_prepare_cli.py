@@ -19,7 +19,7 @@ def test_help_says_the_parser_weights_file_is_code(command, capsys):
 def test_progress_bars_name_their_stage_and_unit(tmp_path, capsys):
     pytest.importorskip("av")
     from fsfm_fast.data.synthetic_video import moving_face_frames
-    from fsfm_fast.prepare import write_video
+    from fsfm_fast.data.synthetic_video import write_video
     write_video(tmp_path / "in" / "clip.mp4", moving_face_frames(0, 2, 64, 48)[0], fps=4)
     assert main(["frames", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--num_frames", "1",
                  "--workers", "1"]) == 0

@@ -13,7 +13,7 @@ pytest.importorskip("dlib")
 
 from fsfm_fast.runtime import cli  # noqa: E402
 from fsfm_fast.data.synthetic_video import moving_face_frames  # noqa: E402
-from fsfm_fast.prepare import write_video  # noqa: E402
+from fsfm_fast.data.synthetic_video import write_video  # noqa: E402
 from fsfm_fast.prepare.__main__ import main  # noqa: E402
 from fsfm_fast.prepare.inputs import scan  # noqa: E402
 from fsfm_fast.prepare.runner import read_journals  # noqa: E402

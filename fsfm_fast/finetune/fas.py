@@ -10,8 +10,10 @@ test on the ``--target`` one. Each domain is ``<root>/{train,test}/{real, spoof|
 reference's recipe: every batch holds ``--batch_per_group`` (12) frames of each (source domain, class),
 each frame once per pass over its group (``data.sampler.BalancedBatchSampler``); Adam, lr 1e-4, weight
 decay 1e-6, 4000 iterations, an evaluation every 100; HSV-saturation and flip augmentation; the
-reference's head (``--head fas``: Linear(d, 512), ReLU, Dropout 0.5, feature scaling, an L2-normalised
-Linear(512, 2); d is the encoder's width) or a linear one (``--head linear``). ``--seeds 0,1,2,3,4``
+reference's head computed as the reference does (``--head fas``: Linear(d, 512), ReLU, Dropout 0.5 on every
+token, scaling across the tokens, the pooled slot into a Linear(512, 2) whose weight is L2-normalised in
+place; d is the encoder's width; ``models.heads``), the same modules on the pooled feature (``--head
+fas_pooled``, an ablation) or a linear one (``--head linear``). ``--seeds 0,1,2,3,4``
 repeats the run and reports mean ± std, as the reference does. ``--adapter fs`` trains the FS-Adapter on
 the frozen encoder (``models/adapter.py``), with the authors' FAS adapter recipe (lr 5e-2, weight decay
 5e-5, contrastive weight 0.1) where the flags are not given.
@@ -19,12 +21,15 @@ the frozen encoder (``models/adapter.py``), with the authors' FAS adapter recipe
 Two evaluations, both always reported, each labelled:
 
 - honest: the checkpoint with the best ``--select_metric`` (video HTER) on held-out SOURCE data, and
-  the threshold where FAR and FRR meet on those held-out data, frame and video level each their own.
-  The held-out data are a source's ``val/`` folder, or ``--val_fraction`` of its training videos
-  (seeded by ``--split_seed``, the same for every seed), listed in ``val_split.txt``;
+  the threshold where FAR and FRR meet on those held-out data (exact search over the observed scores),
+  frame and video level each their own. The held-out data are a source's ``val/`` folder, or
+  ``--val_fraction`` of its training videos (seeded by ``--split_seed``, the same for every seed), listed in
+  ``val_split.txt``. The frame-level threshold is written into that checkpoint's detector record as its
+  decision threshold (source-selected), so ``evaluate``, ``export`` and ``predict`` use it;
 - reference-comparable: the checkpoint with the best video HTER on the TARGET test set and the target's
-  own FAR = FRR threshold, as the reference picks both. It uses the target's labels, and every output
-  says so.
+  own FAR = FRR threshold, both on the reference's grid (0, 1e-4, ..., 1, 1.1), as the reference picks
+  them. It uses the target's labels, every output says so, and its threshold is never recorded as a
+  decision threshold.
 
 Each gives HTER, AUC and TPR at FPR = 1% (real faces accepted while 1% of attacks are) at frame level
 and at video level (a video's score is the mean of its frames'). Outputs in ``--output_dir``:
@@ -53,14 +58,15 @@ from ..data.fas import VAL_SPLIT_FILE, FASData, fas_train_transform, load_fas_da
 from ..data.labelled import LabelledImages, Sample, parse_class_map
 from ..data.loaders import labelled_train_data
 from ..data.spoof import DEFAULT_TARGET, DOMAINS, write_spoof_benchmark
-from ..engine.checkpoint import plain_args
+from ..engine.checkpoint import plain_args, save_atomic
 from ..engine.run_log import RunLog
 from ..engine.trainer import RunSettings, Selection, Task, Trainer, open_run, whole_cycles
 from ..evaluate import Scores, eval_transform, parse_tests, score_dataset
 from ..formats import safe_load
-from ..metrics import fas_levels
+from ..metrics import THRESHOLD_RULES, fas_levels
 from ..models import list_models
-from ..models.detector import DetectorConfig
+from ..models.detector import DetectorConfig, detector_config
+from ..models.heads import HEADS
 from ..runtime import cli, flags
 from ..runtime.devices import device_type, fused
 from ..runtime.distributed import DistInfo, barrier, process_group
@@ -75,9 +81,11 @@ from .deepfake import (
 )
 
 EVALUATIONS = {
-    "honest": "honest: checkpoint and threshold chosen on held-out source data",
-    "oracle": "reference-comparable: checkpoint and threshold chosen on the target test set (USES TARGET LABELS)",
+    "honest": "honest: checkpoint and threshold (exact search) chosen on held-out source data",
+    "oracle": "reference-comparable: checkpoint and threshold (the reference's grid) chosen on the target test set "
+              "(USES TARGET LABELS)",
 }
+THRESHOLD_RULE = {"honest": "exact", "oracle": "grid"}  # metrics.THRESHOLD_RULES
 REPORTED = ("hter", "auc", "tpr_at_fpr_1pct")
 SELECT_MODES = {"hter": "min", "auc": "max", "loss": "min"}
 # What a run with no --source/--target uses for every flag the user did not set: a tiny model on the
@@ -109,8 +117,10 @@ def get_args_parser():
     g.add_argument("--finetune", "--pt_model", dest="finetune", default="",
                    help="pretrained encoder (as fsfm_fast.finetune --finetune); 'auto' (the demo's default) takes the "
                         "newest " + demo.PRETRAIN_DIR + "/checkpoint-*.pth if there is one")
-    g.add_argument("--head", default="fas", choices=["fas", "linear"],
-                   help="fas: the reference's head (bottleneck 512, dropout, feature scaling, normalised weights)")
+    g.add_argument("--head", default="fas", choices=list(HEADS),
+                   help="fas: the reference's head as it computes it (on every token: bottleneck 512, dropout, "
+                        "scaling across tokens; the pooled slot into in-place normalised weights); fas_pooled: "
+                        "the same modules on the pooled feature (an ablation); linear: one linear layer")
     g.add_argument("--drop_path", default=0.0, type=float, help="the reference's FAS default is 0")
     add_adapter_flags(p, weight_cl=0.1)
 
@@ -221,22 +231,39 @@ def _picked(samples: list[Sample], scores: Scores) -> tuple[np.ndarray, np.ndarr
 
 def selection_metrics(dataset: LabelledImages, scores: Scores) -> dict[str, float]:
     """What each validation reports and selects on: video level (the reference's), plus frame HTER/AUC,
-    each HTER at the split's own FAR = FRR threshold."""
-    levels = fas_levels(*_picked(dataset.samples, scores), scores.fake_prob)
+    each HTER at the split's own FAR = FRR threshold (exact search), and the video HTER at the reference's
+    grid threshold (``hter_grid``, what the reference-comparable selection uses)."""
+    picked = (*_picked(dataset.samples, scores), scores.positive_prob)
+    levels = fas_levels(*picked)
+    grid = fas_levels(*picked, rule=THRESHOLD_RULE["oracle"])
     return {**{k: levels["video"][k] for k in REPORTED}, "frame_hter": levels["frame"]["hter"],
-            "frame_auc": levels["frame"]["auc"]}
+            "frame_auc": levels["frame"]["auc"], "hter_grid": grid["video"]["hter"]}
 
 
 def honest_metrics(held_out: tuple, target: tuple) -> dict:
     """Target metrics at the thresholds where FAR and FRR meet on the held-out SOURCE data (frame and
-    video level each their own), and the held-out data's own. Each argument: (videos, labels, scores)."""
-    own = fas_levels(*held_out)
-    return {**fas_levels(*target, {level: own[level]["threshold"] for level in own}), "held_out": own}
+    video level each their own, exact search), and the held-out data's own. Each argument: (videos,
+    labels, scores)."""
+    rule = THRESHOLD_RULE["honest"]
+    own = fas_levels(*held_out, rule=rule)
+    return {**fas_levels(*target, {level: own[level]["threshold"] for level in own}), "held_out": own,
+            "threshold_rule": THRESHOLD_RULES[rule]}
 
 
 def oracle_metrics(target: tuple) -> dict:
-    """Target metrics at the target's own FAR = FRR thresholds: the reference's way, with target labels."""
-    return {**fas_levels(*target), "uses_target_labels": True}
+    """Target metrics at the target's own FAR = FRR thresholds on the reference's grid: the reference's
+    way, with target labels."""
+    rule = THRESHOLD_RULE["oracle"]
+    return {**fas_levels(*target, rule=rule), "uses_target_labels": True, "threshold_rule": THRESHOLD_RULES[rule]}
+
+
+def record_threshold(path: Path, threshold: float, source: str) -> None:
+    """Write the honest decision threshold into the detector record of the checkpoint at ``path``
+    (atomically), so that evaluate, export and predict carry it."""
+    ckpt = safe_load(path)
+    config = dataclasses.replace(detector_config(ckpt, path), threshold=float(threshold), threshold_source=source)
+    ckpt["detector"] = config.to_dict()
+    save_atomic(ckpt, path)
 
 
 class SeedEvaluation:
@@ -248,6 +275,7 @@ class SeedEvaluation:
                            "amp_dtype": amp_dtype, "info": info}
         self.rows: list[tuple] = []  # (evaluation, split, sample, score) for scores.csv
         self.skipped: list[tuple[str, str]] = []  # unreadable images: left out of the metrics, named
+        self.is_main = info.is_main  # one process rewrites the honest checkpoint
 
     def _load(self, path: Path) -> dict:
         """Put the checkpoint's weights in the model; say when and how it was chosen."""
@@ -259,13 +287,17 @@ class SeedEvaluation:
     def _score(self, evaluation: str, split: str, samples: list[Sample]):
         scores = score_dataset(self.model, LabelledImages(samples, self.transform), **self.score_args)
         self.skipped += scores.skipped
-        self.rows += [(evaluation, split, samples[i], p) for i, p in zip(scores.index, scores.fake_prob)]
-        return (*_picked(samples, scores), scores.fake_prob)
+        self.rows += [(evaluation, split, samples[i], p) for i, p in zip(scores.index, scores.positive_prob)]
+        return (*_picked(samples, scores), scores.positive_prob)
 
     def honest(self, checkpoint: Path, data: FASData) -> dict:
         chosen = self._load(checkpoint)
         found = honest_metrics(self._score("honest", "val", data.val), self._score("honest", "target", data.target))
-        return {**found, "checkpoint": str(checkpoint), **chosen}
+        threshold = found["held_out"]["frame"]["threshold"]
+        if self.is_main and np.isfinite(threshold):
+            record_threshold(checkpoint, threshold, "source-selected: FAR = FRR on held-out source data, frame level, "
+                                                    f"{THRESHOLD_RULES[THRESHOLD_RULE['honest']]}")
+        return {**found, "checkpoint": str(checkpoint), "recorded_threshold": threshold, **chosen}
 
     def oracle(self, checkpoint: Path, data: FASData) -> dict:
         chosen = self._load(checkpoint)
@@ -347,7 +379,7 @@ def run_seed(args, seed: int, data: FASData, info: DistInfo, device, amp_dtype) 
     optimizer = fused(torch.optim.Adam, [p for p in model.parameters() if p.requires_grad], lr=args.lr,
                       weight_decay=args.weight_decay)
     honest = Selection("best", "val", args.select_metric, SELECT_MODES[args.select_metric], later_ties=True)
-    oracle = Selection(f"best-target_{re.sub(r'[^A-Za-z0-9_.-]', '_', target)}", f"target:{target}", "hter", "min",
+    oracle = Selection(f"best-target_{re.sub(r'[^A-Za-z0-9_.-]', '_', target)}", f"target:{target}", "hter_grid", "min",
                        target_domain=True, later_ties=True)
     # the reference's plain cross-entropy (+ the adapter's contrastive loss)
     detection_loss = DetectionLoss.plain(args.weight_cl if args.adapter == "fs" else 0.0, args.temperature)
@@ -412,7 +444,8 @@ def train(args, info: DistInfo) -> dict | None:
     summary = aggregate(per_seed)
     protocol = {"sources": args.sources, "target": dict([args.target_domain]), "seeds": args.seed_list,
                 "held_out_source": {"file": VAL_SPLIT_FILE, "per_source": data.split},
-                "synthetic_benchmark": args.demo}
+                "synthetic_benchmark": args.demo,
+                "threshold_rules": {ev: THRESHOLD_RULES[rule] for ev, rule in THRESHOLD_RULE.items()}}
     if info.is_main:
         title = (f"face anti-spoofing, {' + '.join(args.sources)} -> {target}"
                  + (" (synthetic benchmark)" if args.demo else "") + f", {args.model}"

@@ -99,27 +99,34 @@ def load_adapter_detector(path: str | os.PathLike, ckpt: dict | None = None,
     return model, config, ckpt
 
 
+LOG_EPSILON = 1e-6  # the reference adds it to the denominator before the log (avoids log(0))
+
+
 def real_anchored_contrastive(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07,
                               real_label: int = 0) -> torch.Tensor:
-    """The authors' real-anchored supervised contrastive loss over the pairs of a batch.
+    """The authors' real-anchored supervised contrastive loss over the pairs of a batch, as the reference
+    computes it (``RealAnchorConLoss`` over ``SupConLoss``, one view per sample).
 
-    ``features`` [B, D] are L2-normalised projections. Anchor i scores every other sample j by
-    ``s_ij = <z_i, z_j> / temperature``; its loss is the mean, over its positives p, of
-    ``-log(exp(s_ip) / sum_{a != i} exp(s_ia))``. Only real samples have positives (the other real
-    samples), so real faces are pulled together and pushed away from attacks, while attack-attack
-    pairs never count. The result is the mean over all B anchors (those without positives add 0),
-    scaled by ``temperature / 0.07``. A batch without two real samples gives 0 (still a function of
-    ``features``, so every parameter gets a gradient, of zero). The reference adds 1e-6 inside the log of
-    the denominator; this is the exact form.
+    ``features`` [B, D] are L2-normalised projections. Anchor i scores every sample j by
+    ``s_ij = <z_i, z_j> / temperature``, shifted by the row's maximum m_i (taken over all j, itself
+    included; no gradient through it); its log-probability of j is
+    ``s_ij - m_i - log(sum_{a != i} exp(s_ia - m_i) + 1e-6)``, the 1e-6 being the reference's (so the
+    shift is part of the value, not only of its stability). Its loss is minus the mean of that over its
+    positives. Only real samples have positives (the other real samples), so real faces are pulled
+    together and pushed away from attacks, while attack-attack pairs never count. The result is the mean
+    over all B anchors (those without positives add 0), scaled by ``temperature / 0.07``. A batch without a
+    real sample gives 1e-6, as the reference's does; every batch's value is a function of ``features``, so
+    every parameter gets a gradient (of zero when nothing pairs).
     """
     n = features.shape[0]
     z = features.float()
-    if n < 2:
-        return z.sum() * 0.0
-    sim = z @ z.T / temperature
-    self_pair = torch.eye(n, dtype=torch.bool, device=z.device)
-    log_prob = sim - torch.logsumexp(sim.masked_fill(self_pair, float("-inf")), dim=1, keepdim=True)
     real = labels.reshape(-1) == real_label
+    sim = z @ z.T / temperature
+    sim = sim - sim.max(dim=1, keepdim=True).values.detach()
+    self_pair = torch.eye(n, dtype=torch.bool, device=z.device)
+    denominator = sim.exp().masked_fill(self_pair, 0.0).sum(1, keepdim=True) + LOG_EPSILON
+    log_prob = sim - denominator.log()
     positive = real[:, None] & real[None, :] & ~self_pair
     per_anchor = -torch.where(positive, log_prob, 0.0).sum(1) / positive.sum(1).clamp(min=1)
-    return per_anchor.mean() * (temperature / BASE_TEMPERATURE)
+    # no real sample: the reference's constant 1e-6, chosen on the device (no host read in the step)
+    return per_anchor.mean() * (temperature / BASE_TEMPERATURE) + (~real.any()).float() * LOG_EPSILON

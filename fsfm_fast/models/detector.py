@@ -11,7 +11,9 @@ understands it. Its encoder keys (``patch_embed.*``, ``cls_token``, ``pos_embed`
 The head is a linear layer (the recipe), the reference's anti-spoofing head, or either behind the
 FS-Adapter (``models.heads``). A detector checkpoint (``DETECTOR_FORMAT``) records everything needed to
 rebuild and use the detector without the training flags: model name, input size, pooling, head,
-classes and their names, the input mean/std, and the evaluation resize (``DetectorConfig``). An
+classes and their names, the input mean/std, the evaluation resize, and the inference contract (the
+positive class, the score's name, an honestly chosen threshold and its source; ``fsfm_fast.inference``)
+(``DetectorConfig``). An
 FS-Adapter checkpoint (``ADAPTER_FORMAT``, ``models.adapter``) holds only the trained parts and names
 its frozen encoder file; ``load_detector`` reads both kinds.
 """
@@ -32,9 +34,10 @@ from torch import nn
 
 from fsfm_fast.formats import (ADAPTER_FORMAT, DETECTOR_FORMAT, IMAGENET_MEAN, IMAGENET_STD,
                                CheckpointError, find_mean_std, load_state_dict_strict, preview, read_weights, safe_load)
+from fsfm_fast.inference import Contract, check as check_contract, derive_positive, score_name
 from fsfm_fast.models import timm_models  # noqa: F401  (registers the FSFM names with timm)
 from fsfm_fast.models.configs import get_config
-from fsfm_fast.models.heads import ADAPTERS, HEADS, build_head
+from fsfm_fast.models.heads import ADAPTERS, HEADS, build_head, recorded_head
 
 POOLINGS = {"avg": "avg", "cls": "token"}  # our name -> timm's
 EVAL_RESIZES = ("crop", "plain")
@@ -186,11 +189,20 @@ class DetectorConfig:
     crop_pct: float = 0.875
     train_classes: tuple[str, ...] = ()  # class folders seen in training (evaluate marks the others unseen)
     mean_std_source: str = ""  # where mean/std came from (a pretrain_ds_mean_std.txt, ImageNet, ...)
-    head: str = "linear"  # "linear" or "fas" (models.heads)
+    head: str = "linear"  # one of models.heads.HEADS
     adapter: str = ""  # "" or "fs": FS-Adapter on a frozen encoder (models.adapter)
     adapter_reduction: int = 4
+    # the inference contract (fsfm_fast.inference): the score is P(positive_class); "" derives it from labels
+    positive_class: str = ""
+    threshold: float | None = None  # an honestly chosen decision threshold (score >= threshold), or None
+    threshold_source: str = ""  # how it was chosen, e.g. "source-selected: ..."; never a test set
 
     def __post_init__(self):
+        if not self.positive_class:
+            object.__setattr__(self, "positive_class", derive_positive(self.labels))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", float(self.threshold))
+        check_contract(self.labels, self.positive_class, self.threshold, self.threshold_source)
         get_config(self.model)
         if self.global_pool not in POOLINGS:
             raise ValueError(f"global_pool must be one of {list(POOLINGS)}, got {self.global_pool!r}")
@@ -213,13 +225,21 @@ class DetectorConfig:
         return create_detector(self.model, self.num_classes, self.img_size, self.global_pool, self.drop_path_rate,
                                self.head, self.adapter, self.adapter_reduction)
 
+    @property
+    def contract(self) -> Contract:
+        return Contract(self.labels, self.positive_class, self.threshold, self.threshold_source)
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        # "score" is derived from positive_class; it is written so that a reader of the record sees it
+        return {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()},
+                "score": score_name(self.positive_class)}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DetectorConfig:
         known = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
                  if k in cls.__dataclass_fields__}
+        if "head" in known:
+            known["head"] = recorded_head(known["head"], values)
         return cls(**known)
 
 

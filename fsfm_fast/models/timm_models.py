@@ -1,7 +1,9 @@
 """The FSFM encoders as timm models: ``timm.create_model("fsfm_vit_base_patch16", ...)`` once fsfm_fast is imported.
 
 Each size of ``configs.py`` (tiny, small, base, large, huge) is registered under its own name and built
-as timm's own ``VisionTransformer``, so its keys are timm's and the FSFM encoder's (SPEC section 7).
+as ``FSFMVisionTransformer``, timm's own ``VisionTransformer`` with the same keys (timm's and the FSFM
+encoder's, SPEC section 7) and the same computation, except that it hands a head that reads tokens (the
+reference's FAS head, ``models.heads``) every token instead of the pooled feature.
 By default a name builds the encoder as it was pretrained, the way timm registers MAE encoders: no
 head (``num_classes=0``) and cls-token pooling, which keeps the final ``norm``, so every encoder key
 loads and ``forward_features`` is the FSFM encoder's output. ``num_classes=2, global_pool="avg"``
@@ -30,6 +32,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from timm.models import build_model_with_cfg, load_pretrained, register_model
 from timm.models.vision_transformer import VisionTransformer
 
@@ -62,6 +65,22 @@ TIMM_ARCHITECTURES = {"fsfm_vit_tiny_patch16": "vit_tiny_patch16_224", "fsfm_vit
                       "fsfm_vit_huge_patch14": "vit_huge_patch14_224"}
 
 
+class FSFMVisionTransformer(VisionTransformer):
+    """timm's ViT, whose head may read every token: when ``head.reads_tokens`` is set, the head gets the
+    sequence the reference's FAS ``forward_features`` returns: slot 0 the pooled feature (``fc_norm`` of the
+    average of the patch tokens under avg pooling; the normed cls token under cls pooling), then the patch
+    tokens as the encoder left them (normed under cls pooling, raw under avg pooling, where timm's ViT has no
+    final ``norm``). Any other head gets the pooled feature, as in timm's ViT."""
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not getattr(self.head, "reads_tokens", False):
+            return super().forward_head(x, pre_logits)
+        pooled = self.head_drop(self.fc_norm(self.pool(x)))
+        if pre_logits:  # timm's meaning: the feature before the classifier, one vector per image
+            return pooled
+        return self.head(torch.cat([pooled[:, None], x[:, self.num_prefix_tokens:]], dim=1))
+
+
 def architecture_args(name: str) -> dict[str, Any]:
     """The ``VisionTransformer`` arguments of FSFM size ``name`` (LayerNorm eps 1e-6 and qkv bias are timm's defaults)."""
     c = get_config(name)
@@ -90,7 +109,7 @@ def _create(name: str, pretrained: bool = False, **kwargs: Any) -> VisionTransfo
         size = kwargs.get("img_size") or (grid * get_config(name).patch_size if grid else None)
         if size is not None:  # what this model will take; timm builds img_size from it by default
             overlay.setdefault("input_size", (3, *((size, size) if isinstance(size, int) else size)))
-    model = build_model_with_cfg(VisionTransformer, name, pretrained and state is None and not own_head,
+    model = build_model_with_cfg(FSFMVisionTransformer, name, pretrained and state is None and not own_head,
                                  pretrained_cfg_overlay=overlay, pretrained_filter_fn=fit_to_model,
                                  **{**architecture_args(name), **kwargs})
     if own_head:  # the FAS head or the FS-Adapter, which timm's ViT does not have: swapped in before loading
@@ -160,6 +179,6 @@ def _entrypoint(name: str):
 for _name in MODEL_CONFIGS:
     globals()[_name] = register_model(_entrypoint(_name))
 
-__all__ = [*MODEL_CONFIGS, "TIMM_ARCHITECTURES", "architecture_args", "default_cfgs", "fit_to_model",
-           "read_pretrained_file"]
+__all__ = [*MODEL_CONFIGS, "FSFMVisionTransformer", "TIMM_ARCHITECTURES", "architecture_args", "default_cfgs",
+           "fit_to_model", "read_pretrained_file"]
 del _name
