@@ -41,6 +41,7 @@ _INNER_MOUTH = list(range(60, 68))
 _SKULL = 0.62        # forehead height above the brows, as a fraction of the brow-to-chin distance
 _BROW_THICKNESS = 0.12  # brow band, as a fraction of the distance between the eye centres
 _SKIN_SIGMA = 4.0    # Mahalanobis radius of "looks like skin"
+_EYE_SKIN_SIGMA = 2.0  # inside the eye outline, only clearly skin-coloured pixels are left out (lids, corners)
 
 
 def _cv2():
@@ -130,7 +131,7 @@ def parse_from_landmarks(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
     """LaPa-11 labels ``[H, W]`` uint8 for an RGB uint8 image and its 68 landmarks."""
     p = np.asarray(points68, np.float32)
     eye_dist = float(np.linalg.norm(p[36:42].mean(0) - p[42:48].mean(0))) + 1e-6
-    labels, skin_like = _skin_hair_background(image, p, eye_dist)
+    labels, skin_like, skin_distance = _skin_hair_background(image, p, eye_dist)
     parts = np.zeros_like(labels)
     up = _head_outline(p)[1]
     for label, idx in ((RIGHT_BROW, _BROW_IMAGE_LEFT), (LEFT_BROW, _BROW_IMAGE_RIGHT)):
@@ -153,12 +154,16 @@ def parse_from_landmarks(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
         # the eye is the non-skin part of its outline grown a little (the 6 points fit loosely)
         grown = _cv2().dilate(outline, np.ones((3, 3), np.uint8), iterations=max(1, int(0.05 * eye_dist)))
         eye = (grown > 0) & ~skin_like & (parts == 0)
-        parts[eye if eye.sum() > 0.3 * outline.sum() else outline > 0] = label
+        if eye.sum() > 0.3 * outline.sum():
+            eye |= (outline > 0) & ~(skin_distance < _EYE_SKIN_SIGMA)
+        else:
+            eye = outline > 0
+        parts[eye] = label
     labels[parts > 0] = parts[parts > 0]
     return labels
 
 
-def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> tuple[np.ndarray, np.ndarray]:
+def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Skin (1), hair (10) and background (0) before the parts are drawn over them, and the mask of the
     pixels that look like skin."""
     h, w = image.shape[:2]
@@ -179,6 +184,8 @@ def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> 
     distance = _colour_distance(image, cheeks > 0)
     in_head = head > 0
     skin_like = distance < _SKIN_SIGMA if distance is not None else in_head
+    if distance is None:
+        distance = np.where(in_head, 0.0, np.inf)
 
     # well above the brows, a non-skin colour inside the outline is hair (the hairline or a fringe)
     scalp = _above_line(h, w, p[17:27].mean(0) + up * 0.3 * eye_dist, up)
@@ -188,7 +195,7 @@ def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> 
     labels[hair] = HAIR
     labels[in_head & (skin_like | ~scalp)] = SKIN
     labels[person & skin_like & ~in_head] = SKIN  # neck, ears
-    return labels, skin_like
+    return labels, skin_like, distance
 
 
 def _above_line(h: int, w: int, point: np.ndarray, up: np.ndarray) -> np.ndarray:
