@@ -96,10 +96,13 @@ def _hair_coloured(image: np.ndarray, seed: np.ndarray) -> np.ndarray:
     distance = _colour_distance(image, seed)  # the same Gaussian colour model, fitted to hair
     if distance is None or seed.sum() < 50:
         return np.zeros(seed.shape, bool)
-    cv2 = _cv2()
-    like = (distance < _SKIN_SIGMA).astype(np.uint8)
-    _, parts = cv2.connectedComponents(like, connectivity=8)
-    touching = np.unique(parts[seed & (like > 0)])
+    return _touching(distance < _SKIN_SIGMA, seed)
+
+
+def _touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected parts of ``mask`` that overlap ``seed``."""
+    _, parts = _cv2().connectedComponents(mask.astype(np.uint8), connectivity=8)
+    touching = np.unique(parts[seed & mask])
     return np.isin(parts, touching[touching > 0])
 
 
@@ -140,7 +143,7 @@ def parse_from_landmarks(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
         # not skin-coloured, that stroke is the brow
         window = np.zeros_like(labels)
         _fill(window, np.concatenate([p[idx] + up * 0.3 * eye_dist, (p[idx] - up * 0.12 * eye_dist)[::-1]]))
-        stroke = (window > 0) & ~skin_like & (labels != HAIR)
+        stroke = _touching((window > 0) & ~skin_like & (labels != HAIR), parts == label)
         band = parts == label
         if stroke.sum() > 0.3 * band.sum():
             parts[band] = 0
