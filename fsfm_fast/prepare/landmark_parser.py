@@ -1,9 +1,10 @@
 """A LaPa-11 face parser built from dlib's 68 landmarks, for machines without a neural face parser.
 
 Parts with landmarks are polygons: nose (bridge to nostrils), upper lip, inner mouth and lower lip
-(outer and inner lip outlines). Brows and eyes are the strokes that are not skin-coloured in a window
-around their points (a band along the 5 brow points, the 6-point eye outline grown a little), since
-those points fit them loosely; where no such stroke is found, the band or outline itself. Skin is the
+(outer and inner lip outlines). A brow is the stroke that is not skin-coloured in a window around its 5
+points and touches the band along them (a hair strand higher up is not a brow); an eye is its 6-point
+outline, less the pixels in it that are clearly skin-coloured, plus the dark stroke around it (the
+points fit lashes and lids loosely); where no stroke is found, the band or outline itself. Skin is the
 jaw line closed over the forehead, up to an estimate of the top of the skull. Hair and background have
 no landmarks; they are guessed from colour and position:
 
@@ -12,14 +13,17 @@ no landmarks; they are guessed from colour and position:
 2. A Gaussian colour model of the cheeks says which pixels look like skin.
 3. A second colour model, fitted to the non-skin pixels of the scalp (inside the outline, well above
    the brows), adds the pixels of the hair's colour connected to them (long hair GrabCut left out).
+   Above the brows, a pixel nearer in colour to the top of the head outline (hair on most heads) than
+   to the cheeks is not skin: light hair, which the cheeks' colour model alone calls skin.
 4. Person pixels that do not look like skin are hair; inside the face outline they are hair only well
    above the brows (a fringe), elsewhere everywhere (the hair around the head, long hair over the
    shoulders; clothes are misread as hair). Person pixels that look like skin outside the face are skin
    (neck, ears).
 
-How good this is, measured against the synthetic generator's exact labels, is in
-``benchmarks/RESULTS.md``: skin and background are good, eyes and nose fair, lips and brows weaker, hair
-usable on most faces and poor on some. FaRL's parser (``--parser farl``) is the reference.
+How good this is, measured against the synthetic generator's exact labels and against boxes drawn by
+hand on a real photograph (``parser_accuracy``), is in ``benchmarks/RESULTS.md``: skin and background
+are good, eyes and nose fair, lips and brows weaker, hair usable on most faces and poor on some; a
+profile face still gets a frontal layout. FaRL's parser (``--parser farl``) is the reference.
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ _INNER_MOUTH = list(range(60, 68))
 _SKULL = 0.62        # forehead height above the brows, as a fraction of the brow-to-chin distance
 _BROW_THICKNESS = 0.12  # brow band, as a fraction of the distance between the eye centres
 _SKIN_SIGMA = 4.0    # Mahalanobis radius of "looks like skin"
+_CROWN = 0.25        # above the brows by this fraction of brow-to-chin: the crown, hair on most heads
+_CROWN_SKIN_SIGMA = 2.5  # a crown this close to the cheeks' colour (median) is skin: no hair model
 _EYE_SKIN_SIGMA = 2.0  # inside the eye outline, only clearly skin-coloured pixels are left out (lids, corners)
 
 
@@ -192,6 +198,7 @@ def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> 
 
     # well above the brows, a non-skin colour inside the outline is hair (the hairline or a fringe)
     scalp = _above_line(h, w, p[17:27].mean(0) + up * 0.3 * eye_dist, up)
+    skin_like = skin_like & ~(scalp & _hair_not_skin(image, p, up, in_head & person, distance))
     hair = (person | _hair_coloured(image, in_head & scalp & ~skin_like)) & ~skin_like
     hair = _cv2().morphologyEx(hair.astype(np.uint8), _cv2().MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     labels = np.zeros((h, w), np.uint8)
@@ -199,6 +206,20 @@ def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> 
     labels[in_head & (skin_like | ~scalp)] = SKIN
     labels[person & skin_like & ~in_head] = SKIN  # neck, ears
     return labels, skin_like, distance
+
+
+def _hair_not_skin(image: np.ndarray, p: np.ndarray, up: np.ndarray, head: np.ndarray,
+                   skin_distance: np.ndarray) -> np.ndarray:
+    """Pixels nearer in colour to the crown's than to the cheeks': light hair that the skin model alone
+    takes for skin. The crown (the top of the head outline, far above the brows) is hair on most faces;
+    where its colour is the skin's (a bald head, a high forehead) nothing is returned."""
+    brow_mid = p[17:27].mean(0)
+    height = float(np.linalg.norm(brow_mid - p[8]))
+    crown = head & _above_line(*head.shape, brow_mid + up * _CROWN * height, up)
+    hair_distance = _colour_distance(image, crown)
+    if hair_distance is None or crown.sum() < 50 or np.median(skin_distance[crown]) < _CROWN_SKIN_SIGMA:
+        return np.zeros(head.shape, bool)
+    return hair_distance < skin_distance
 
 
 def _above_line(h: int, w: int, point: np.ndarray, up: np.ndarray) -> np.ndarray:
