@@ -225,16 +225,6 @@ def real_set(photos: Path | None) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _centre_in(box: Box, face: Box) -> bool:
-    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-    return face.x0 <= cx < face.x1 and face.y0 <= cy < face.y1
-
-
-def _iou(a: Box, b: Box) -> float:
-    inter = max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
-    return inter / (a.area + b.area - inter)
-
-
 def fit_cnn_to_hog(pairs: list[tuple[Box, Box]]) -> dict:
     """Median side ratio and centre offsets (in CNN sides) from (CNN box, HOG box) pairs of one face;
     medians, because HOG's boxes jump between its pyramid's scales."""
@@ -266,16 +256,16 @@ def bench_real(photos: Path | None) -> list[dict]:
                    "found": sum(b is not None for b in got), "ms_per_image": 1e3 * spent / len(subset),
                    "frames_per_s": len(subset) / spent}
             if source == "astronaut":  # the mission patch on her suit is a second HOG box
-                row["on_the_face"] = int(got[0] is not None and _centre_in(got[0], ASTRONAUT_FACE))
+                row["on_the_face"] = int(got[0] is not None and ASTRONAUT_FACE.holds_centre_of(got[0]))
             rows.append(row)
         boxes[detector.name] = found
     hog = boxes[detectors[1].name]
-    pairs = [(c, h) for c, h in zip(boxes[cnn.name], hog) if c is not None and h is not None and _iou(c, h) > 0.3]
+    pairs = [(c, h) for c, h in zip(boxes[cnn.name], hog) if c is not None and h is not None and c.iou(h) > 0.3]
     fit = fit_cnn_to_hog(pairs)
     from fsfm_fast.prepare import faces
-    before = np.mean([_iou(c, h) for c, h in pairs])
-    fitted = np.mean([_iou(faces.cnn_to_hog_framing(c, fit), h) for c, h in pairs])
-    in_use = np.mean([_iou(faces.cnn_to_hog_framing(c), h) for c, h in pairs])
+    before = np.mean([c.iou(h) for c, h in pairs])
+    fitted = np.mean([faces.cnn_to_hog_framing(c, fit).iou(h) for c, h in pairs])
+    in_use = np.mean([faces.cnn_to_hog_framing(c).iou(h) for c, h in pairs])
     rows.append({"stage": "cnn-to-hog", "method": "median fit", "pairs": len(pairs), **fit,
                  "in_use": dict(faces.CNN_TO_HOG), "mean_iou_with_hog": {"unmapped": float(before), "this_fit": float(fitted),
                                                                         "in_use": float(in_use)}})

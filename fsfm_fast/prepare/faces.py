@@ -65,6 +65,16 @@ class Box:
     def as_list(self) -> list[float]:
         return [float(self.x0), float(self.y0), float(self.x1), float(self.y1)]
 
+    def holds_centre_of(self, other: "Box") -> bool:
+        cx, cy = (other.x0 + other.x1) / 2, (other.y0 + other.y1) / 2
+        return self.x0 <= cx < self.x1 and self.y0 <= cy < self.y1
+
+    def iou(self, other: "Box") -> float:
+        inter = (max(0.0, min(self.x1, other.x1) - max(self.x0, other.x0))
+                 * max(0.0, min(self.y1, other.y1) - max(self.y0, other.y0)))
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
 
 class FaceDetector(Protocol):
     name: str

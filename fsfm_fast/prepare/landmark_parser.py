@@ -2,7 +2,8 @@
 
 Parts with landmarks are polygons: nose (bridge to nostrils), upper lip, inner mouth and lower lip
 (outer and inner lip outlines). A brow is the stroke that is not skin-coloured in a window around its 5
-points and touches the band along them (a hair strand higher up is not a brow); an eye is its 6-point
+points and overlaps the band along them, or else is centred level with that band (a strand of hair
+higher up is not a brow); an eye is its 6-point
 outline, less the pixels in it that are clearly skin-coloured, plus the dark stroke around it (the
 points fit lashes and lids loosely); where no stroke is found, the band or outline itself. Skin is the
 jaw line closed over the forehead, up to an estimate of the top of the skull. Hair and background have
@@ -44,8 +45,11 @@ _LOWER_LIP = [54, 55, 56, 57, 58, 59, 48, 60, 67, 66, 65, 64]
 _INNER_MOUTH = list(range(60, 68))
 _SKULL = 0.62        # forehead height above the brows, as a fraction of the brow-to-chin distance
 _BROW_THICKNESS = 0.12  # brow band, as a fraction of the distance between the eye centres
+# a brow stroke off its band must be centred this near it (same unit); 0.25 already takes the strand of
+# hair above the astronaut's left brow (parser_accuracy), 0.1 loses synthetic brows drawn off their points
+_BROW_REACH = 0.2
 _SKIN_SIGMA = 4.0    # Mahalanobis radius of "looks like skin"
-_CROWN = 0.25        # above the brows by this fraction of brow-to-chin: the crown, hair on most heads
+_CROWN = 0.25        # above the brows by this fraction of brow-to-chin: hair on most heads, still inside a 1.3x crop
 _CROWN_SKIN_SIGMA = 2.5  # a crown this close to the cheeks' colour (median) is skin: no hair model
 _EYE_SKIN_SIGMA = 2.0  # inside the eye outline, only clearly skin-coloured pixels are left out (lids, corners)
 
@@ -112,6 +116,21 @@ def _touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     return np.isin(parts, touching[touching > 0])
 
 
+def _level_with(mask: np.ndarray, band: np.ndarray, up: np.ndarray, reach: float) -> np.ndarray:
+    """The connected parts of ``mask`` whose centre lies within ``reach`` of ``band``'s centre along ``up``
+    (a brow drawn a little off its landmarks, not a strand of hair above it)."""
+    count, parts = _cv2().connectedComponents(mask.astype(np.uint8), connectivity=8)
+    ys, xs = np.nonzero(band)
+    if count < 2 or len(xs) == 0:
+        return np.zeros(mask.shape, bool)
+    level = float(np.mean(xs * up[0] + ys * up[1]))
+    ys, xs = np.nonzero(parts)
+    ids = parts[ys, xs]
+    height = np.bincount(ids, xs * up[0] + ys * up[1], count) / np.maximum(np.bincount(ids, minlength=count), 1)
+    keep = np.flatnonzero(np.abs(height - level) <= reach)
+    return np.isin(parts, keep[keep > 0])
+
+
 def _person(image: np.ndarray, face: np.ndarray, head: np.ndarray) -> np.ndarray:
     """Person-vs-background mask by GrabCut, run at half resolution (4x faster, edges barely move)."""
     cv2 = _cv2()
@@ -149,8 +168,11 @@ def parse_from_landmarks(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
         # not skin-coloured, that stroke is the brow
         window = np.zeros_like(labels)
         _fill(window, np.concatenate([p[idx] + up * 0.3 * eye_dist, (p[idx] - up * 0.12 * eye_dist)[::-1]]))
-        stroke = _touching((window > 0) & ~skin_like & (labels != HAIR), parts == label)
         band = parts == label
+        candidates = (window > 0) & ~skin_like & (labels != HAIR)
+        stroke = _touching(candidates, band)
+        if stroke.sum() <= 0.3 * band.sum():  # none on the band: one a little off it, centred near it
+            stroke = _level_with(candidates, band, up, _BROW_REACH * eye_dist)
         if stroke.sum() > 0.3 * band.sum():
             parts[band] = 0
             parts[stroke] = label
@@ -210,8 +232,8 @@ def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> 
 
 def _hair_not_skin(image: np.ndarray, p: np.ndarray, up: np.ndarray, head: np.ndarray,
                    skin_distance: np.ndarray) -> np.ndarray:
-    """Pixels nearer in colour to the crown's than to the cheeks': light hair that the skin model alone
-    takes for skin. The crown (the top of the head outline, far above the brows) is hair on most faces;
+    """Pixels nearer in colour to the top of the head outline (``_CROWN`` above the brows and higher) than
+    to the cheeks: light hair that the skin model alone takes for skin. That top is hair on most faces;
     where its colour is the skin's (a bald head, a high forehead) nothing is returned."""
     brow_mid = p[17:27].mean(0)
     height = float(np.linalg.norm(brow_mid - p[8]))
