@@ -93,6 +93,26 @@ def test_cnn_detector_finds_the_face_hog_misses_and_frames_it_like_hog(video_fra
     assert mapped.iou(framed) > 0.6, (mapped, framed)
 
 
+def test_prepare_faces_upsamples_by_default_and_says_so(tmp_path):
+    """``prepare faces`` on the real video: one upsampling by default finds the 49 px face and
+    dataset.json names it; ``--upsample 0`` finds none and lists every frame as skipped."""
+    from fsfm_fast.prepare.__main__ import main
+    video = _need(lambda: carphone_path("pristine"))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / video.name).write_bytes(video.read_bytes())
+    outs = {}
+    for name, extra in (("default", []), ("upsample0", ["--upsample", "0"])):
+        out = outs[name] = tmp_path / name
+        assert main(["faces", "--input", str(tmp_path / "in"), "--out", str(out), "--num_frames", "3",
+                     "--workers", "1", *extra]) == 0
+    crops = sorted(outs["default"].rglob("*.png"))  # frames 0, 59, 119: HOG misses the clip's last two
+    assert {c.stem for c in crops} >= {"carphone_pristine_frame_0", "carphone_pristine_frame_59"}, crops
+    assert all(Image.open(c).size == (224, 224) for c in crops)
+    assert json.loads((outs["default"] / "dataset.json").read_text())["detector"] == "dlib_hog(upsample=1)"
+    assert not list(outs["upsample0"].rglob("*.png"))
+    assert (outs["upsample0"] / "skipped.tsv").read_text().count("no face found") == 3
+
+
 # ------------------------------------------------------------------------------ crops
 
 
