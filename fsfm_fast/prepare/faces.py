@@ -109,16 +109,18 @@ def _check_upsample(upsample) -> int:
     return int(upsample)
 
 
-# dlib's CNN box (x0, y0, side) -> the HOG box of the same face: centre moved by (DX, DY) x side, side
-# scaled by SCALE. Fitted on the real faces both detectors found (benchmarks/bench_prepare.py --real
-# prints the fit and its residuals; figures in benchmarks/RESULTS.md).
+# dlib's CNN box -> the HOG box of the same face: the centre moved by (dx, dy) x side and the side scaled
+# by ``scale`` (side: the CNN box's larger side). HOG's boxes are a little larger and lower than the
+# CNN's. Medians over the 37 real faces both detectors found at one upsampling (bench_prepare.py --real
+# prints the fit and its spread; figures in benchmarks/RESULTS.md).
 CNN_TO_HOG = {"scale": 1.08, "dx": 0.078, "dy": 0.043}
 
 
 class DlibCnnDetector:
     """dlib's CNN face detector (max-margin object detection, ``mmod_human_face_detector.dat``); boxes
     mapped to HOG's framing (``CNN_TO_HOG``). ``upsample`` as for HOG: 1 finds faces down to about 40 px.
-    A few seconds per 512x512 image on one CPU core; dlib-bin's wheels are built without CUDA."""
+    Measured on a 2-core CPU machine at one upsampling: about 1 s per 176x144 frame, 6-12 s per
+    512-640 px photo; dlib-bin's wheels are built without CUDA."""
 
     def __init__(self, upsample: int = DEFAULT_UPSAMPLE):
         try:
