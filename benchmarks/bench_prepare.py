@@ -267,8 +267,8 @@ def bench_real(photos: Path | None) -> list[dict]:
     fitted = np.mean([faces.cnn_to_hog_framing(c, fit).iou(h) for c, h in pairs])
     in_use = np.mean([faces.cnn_to_hog_framing(c).iou(h) for c, h in pairs])
     rows.append({"stage": "cnn-to-hog", "method": "median fit", "pairs": len(pairs), **fit,
-                 "in_use": dict(faces.CNN_TO_HOG), "mean_iou_with_hog": {"unmapped": float(before), "this_fit": float(fitted),
-                                                                        "in_use": float(in_use)}})
+                 "in_use": dict(faces.CNN_TO_HOG),
+                 "mean_iou_with_hog": {"unmapped": float(before), "this_fit": float(fitted), "in_use": float(in_use)}})
     image = images[0][1]
     box = largest_face(detectors[1].detect(image))
     region = crop_region(box, image.shape[1], image.shape[0])
@@ -282,7 +282,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| stage | method | rate | notes |", "| --- | --- | --- | --- |"]
     for r in rows:
         if r["stage"] in ("cnn-to-hog", "parse-real"):
-            lines.append(f"| {r['stage']} | {r['method']} | | {json.dumps({k: v for k, v in r.items() if k not in ('stage', 'method')})} |")
+            rest = {k: v for k, v in r.items() if k not in ("stage", "method")}
+            lines.append(f"| {r['stage']} | {r['method']} | | {json.dumps(rest)} |")
             continue
         if r["stage"] == "detect-real":
             extra = f", on the face {r['on_the_face']}" if "on_the_face" in r else ""

@@ -10,5 +10,5 @@ from .splits import video_id
 from .video import VideoError, count_frames, sample_frames, sample_indices, write_video
 
 __all__ = ["CROP_SCALE", "CROP_SIZE", "DETECTORS", "Box", "DlibCnnDetector", "DlibHogDetector", "FaceDetector",
-           "OpenCVCascadeDetector", "VideoError", "count_frames", "crop_face", "crop_region", "largest_face", "make_detector",
-           "sample_frames", "sample_indices", "video_id", "write_video"]
+           "OpenCVCascadeDetector", "VideoError", "count_frames", "crop_face", "crop_region", "largest_face",
+           "make_detector", "sample_frames", "sample_indices", "video_id", "write_video"]

@@ -41,7 +41,8 @@ def _common(p, *, detect: bool, parse: bool, frames: bool) -> None:
         p.add_argument("--detector", choices=DETECTORS, default="dlib_hog",
                        help="dlib_cnn: slower, finds faces HOG misses (compressed video, turned heads)")
         p.add_argument("--upsample", type=int, choices=[0, 1, 2, 3], default=DEFAULT_UPSAMPLE,
-                       help="dlib detectors: times the image is doubled first (1: faces down to ~40 px, the reference's)")
+                       help="dlib detectors: times the image is doubled first "
+                            "(1: faces down to ~40 px, the reference's)")
         p.add_argument("--crop_scale", type=float, default=CROP_SCALE, help="crop side / max(face box w, h)")
         p.add_argument("--size", type=int, default=CROP_SIZE, help="side of the saved face crops")
     if parse:

@@ -194,9 +194,10 @@ def parse_from_landmarks(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Skin (1), hair (10) and background (0) before the parts are drawn over them, and the mask of the
-    pixels that look like skin."""
+def _skin_hair_background(image: np.ndarray, p: np.ndarray,
+                          eye_dist: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skin (1), hair (10) and background (0) before the parts are drawn over them, the mask of the
+    pixels that look like skin, and every pixel's colour distance to the cheeks."""
     h, w = image.shape[:2]
     outline, up = _head_outline(p)
     head = np.zeros((h, w), np.uint8)

@@ -35,7 +35,8 @@ from PIL import Image, UnidentifiedImageError
 from .. import cli
 from ..run_log import RunLog
 from ..signals import StopSignal
-from .faces import CROP_SCALE, CROP_SIZE, DEFAULT_UPSAMPLE, box_in_crop, crop_face, crop_region, largest_face, make_detector
+from .faces import (CROP_SCALE, CROP_SIZE, DEFAULT_UPSAMPLE, box_in_crop, crop_face, crop_region, largest_face,
+                    make_detector)
 from .inputs import IMAGE, MANIFEST, SKIPPED, VIDEO, Input, select_shard
 from .splits import FRAME_MARK
 from .video import VideoError, sample_frames
