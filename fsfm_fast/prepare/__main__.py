@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..runtime import cli
 from ..runtime.signals import StopSignal
-from .faces import CROP_SCALE, CROP_SIZE, DETECTORS
+from .faces import CROP_SCALE, CROP_SIZE, DEFAULT_UPSAMPLE, DETECTORS
 from .inputs import IMAGE, MANIFEST, VIDEO, Input, scan
 from .runner import PARSERS, Plan, run
 from .splits import official_split, random_split, read_ffpp_splits, video_id
@@ -41,7 +41,11 @@ def _common(p, *, detect: bool, parse: bool, frames: bool) -> None:
         p.add_argument("--decode_device", choices=["cpu", "cuda"], default="cpu",
                        help="cuda: FFmpeg's NVDEC through PyAV, falling back to the CPU (not tested on a GPU here)")
     if detect:
-        p.add_argument("--detector", choices=DETECTORS, default="dlib_hog")
+        p.add_argument("--detector", choices=DETECTORS, default="dlib_hog",
+                       help="dlib_cnn: slower, finds faces HOG misses (compressed video, turned heads)")
+        p.add_argument("--upsample", type=int, choices=[0, 1, 2, 3], default=DEFAULT_UPSAMPLE,
+                       help="dlib detectors: times the image is doubled first "
+                            "(1: faces down to ~40 px, the reference's)")
         p.add_argument("--crop_scale", type=float, default=CROP_SCALE, help="crop side / max(face box w, h)")
         p.add_argument("--size", type=int, default=CROP_SIZE, help="side of the saved face crops")
     if parse:
@@ -107,10 +111,13 @@ def check_dependencies(args) -> None:
             __import__(module)
         except ImportError:
             raise cli.UsageError(f"{package} is not installed: pip install 'fsfm_fast[prepare]'") from None
-    if getattr(args, "parser", None) or args.command == "demo":
-        from .landmarks import model_path
+    from .faces import CNN_MODEL_FILE
+    from .landmarks import MODEL_FILE, model_path
+    models = [MODEL_FILE] if getattr(args, "parser", None) or args.command == "demo" else []
+    models += [CNN_MODEL_FILE] if getattr(args, "detector", "") == "dlib_cnn" else []
+    for name in models:
         try:
-            model_path()
+            model_path(name)
         except ImportError as exc:
             raise cli.UsageError(str(exc)) from None
 
@@ -197,7 +204,7 @@ def _describe(args, parse: bool) -> dict:
     out = {"detector": None, "parser": None}
     if getattr(args, "detector", None):
         from .faces import make_detector
-        out["detector"] = make_detector(args.detector).name
+        out["detector"] = make_detector(args.detector, args.upsample).name
     if parse:
         if args.parser == "farl":
             from .farl_parser import NAME
@@ -212,7 +219,8 @@ def _plan(args, stage: str, image_dir: str, *, detect: bool, parse: bool, map_di
           extra: dict | None = None, accepts: tuple[str, ...] = (VIDEO, IMAGE)) -> Plan:
     return Plan(stage=stage, out=args.out, image_dir=image_dir, detect=detect,
                 parse=args.parser if parse else None, map_dir=map_dir, num_frames=getattr(args, "num_frames", 1),
-                detector=getattr(args, "detector", "dlib_hog"), crop_scale=getattr(args, "crop_scale", CROP_SCALE),
+                detector=getattr(args, "detector", "dlib_hog"), upsample=getattr(args, "upsample", DEFAULT_UPSAMPLE),
+                crop_scale=getattr(args, "crop_scale", CROP_SCALE),
                 size=getattr(args, "size", CROP_SIZE),
                 hwaccel="cuda" if getattr(args, "decode_device", "cpu") == "cuda" else None, accepts=accepts,
                 extra=extra or {})

@@ -1,9 +1,11 @@
 """A LaPa-11 face parser built from dlib's 68 landmarks, for machines without a neural face parser.
 
 Parts with landmarks are polygons: nose (bridge to nostrils), upper lip, inner mouth and lower lip
-(outer and inner lip outlines). Brows and eyes are the strokes that are not skin-coloured in a window
-around their points (a band along the 5 brow points, the 6-point eye outline grown a little), since
-those points fit them loosely; where no such stroke is found, the band or outline itself. Skin is the
+(outer and inner lip outlines). A brow is the stroke that is not skin-coloured in a window around its 5
+points and overlaps the band along them, or else is centred level with that band (a strand of hair
+higher up is not a brow); an eye is its 6-point
+outline, less the pixels in it that are clearly skin-coloured, plus the dark stroke around it (the
+points fit lashes and lids loosely); where no stroke is found, the band or outline itself. Skin is the
 jaw line closed over the forehead, up to an estimate of the top of the skull. Hair and background have
 no landmarks; they are guessed from colour and position:
 
@@ -12,14 +14,17 @@ no landmarks; they are guessed from colour and position:
 2. A Gaussian colour model of the cheeks says which pixels look like skin.
 3. A second colour model, fitted to the non-skin pixels of the scalp (inside the outline, well above
    the brows), adds the pixels of the hair's colour connected to them (long hair GrabCut left out).
+   Above the brows, a pixel nearer in colour to the top of the head outline (hair on most heads) than
+   to the cheeks is not skin: light hair, which the cheeks' colour model alone calls skin.
 4. Person pixels that do not look like skin are hair; inside the face outline they are hair only well
    above the brows (a fringe), elsewhere everywhere (the hair around the head, long hair over the
    shoulders; clothes are misread as hair). Person pixels that look like skin outside the face are skin
    (neck, ears).
 
-How good this is, measured against the synthetic generator's exact labels, is in
-``benchmarks/RESULTS.md``: skin and background are good, eyes and nose fair, lips and brows weaker, hair
-usable on most faces and poor on some. FaRL's parser (``--parser farl``) is the reference.
+How good this is, measured against the synthetic generator's exact labels and against boxes drawn by
+hand on a real photograph (``parser_accuracy``), is in ``benchmarks/RESULTS.md``: skin and background
+are good, eyes and nose fair, lips and brows weaker, hair usable on most faces and poor on some; a
+profile face still gets a frontal layout. FaRL's parser (``--parser farl``) is the reference.
 """
 from __future__ import annotations
 
@@ -40,7 +45,13 @@ _LOWER_LIP = [54, 55, 56, 57, 58, 59, 48, 60, 67, 66, 65, 64]
 _INNER_MOUTH = list(range(60, 68))
 _SKULL = 0.62        # forehead height above the brows, as a fraction of the brow-to-chin distance
 _BROW_THICKNESS = 0.12  # brow band, as a fraction of the distance between the eye centres
+# a brow stroke off its band must be centred this near it (same unit); 0.25 already takes the strand of
+# hair above the astronaut's left brow (parser_accuracy), 0.1 loses synthetic brows drawn off their points
+_BROW_REACH = 0.2
 _SKIN_SIGMA = 4.0    # Mahalanobis radius of "looks like skin"
+_CROWN = 0.25        # above the brows by this fraction of brow-to-chin: hair on most heads, still inside a 1.3x crop
+_CROWN_SKIN_SIGMA = 2.5  # a crown this close to the cheeks' colour (median) is skin: no hair model
+_EYE_SKIN_SIGMA = 2.0  # inside the eye outline, only clearly skin-coloured pixels are left out (lids, corners)
 
 
 def _cv2():
@@ -95,11 +106,29 @@ def _hair_coloured(image: np.ndarray, seed: np.ndarray) -> np.ndarray:
     distance = _colour_distance(image, seed)  # the same Gaussian colour model, fitted to hair
     if distance is None or seed.sum() < 50:
         return np.zeros(seed.shape, bool)
-    cv2 = _cv2()
-    like = (distance < _SKIN_SIGMA).astype(np.uint8)
-    _, parts = cv2.connectedComponents(like, connectivity=8)
-    touching = np.unique(parts[seed & (like > 0)])
+    return _touching(distance < _SKIN_SIGMA, seed)
+
+
+def _touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected parts of ``mask`` that overlap ``seed``."""
+    _, parts = _cv2().connectedComponents(mask.astype(np.uint8), connectivity=8)
+    touching = np.unique(parts[seed & mask])
     return np.isin(parts, touching[touching > 0])
+
+
+def _level_with(mask: np.ndarray, band: np.ndarray, up: np.ndarray, reach: float) -> np.ndarray:
+    """The connected parts of ``mask`` whose centre lies within ``reach`` of ``band``'s centre along ``up``
+    (a brow drawn a little off its landmarks, not a strand of hair above it)."""
+    count, parts = _cv2().connectedComponents(mask.astype(np.uint8), connectivity=8)
+    ys, xs = np.nonzero(band)
+    if count < 2 or len(xs) == 0:
+        return np.zeros(mask.shape, bool)
+    level = float(np.mean(xs * up[0] + ys * up[1]))
+    ys, xs = np.nonzero(parts)
+    ids = parts[ys, xs]
+    height = np.bincount(ids, xs * up[0] + ys * up[1], count) / np.maximum(np.bincount(ids, minlength=count), 1)
+    keep = np.flatnonzero(np.abs(height - level) <= reach)
+    return np.isin(parts, keep[keep > 0])
 
 
 def _person(image: np.ndarray, face: np.ndarray, head: np.ndarray) -> np.ndarray:
@@ -130,7 +159,7 @@ def parse_from_landmarks(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
     """LaPa-11 labels ``[H, W]`` uint8 for an RGB uint8 image and its 68 landmarks."""
     p = np.asarray(points68, np.float32)
     eye_dist = float(np.linalg.norm(p[36:42].mean(0) - p[42:48].mean(0))) + 1e-6
-    labels, skin_like = _skin_hair_background(image, p, eye_dist)
+    labels, skin_like, skin_distance = _skin_hair_background(image, p, eye_dist)
     parts = np.zeros_like(labels)
     up = _head_outline(p)[1]
     for label, idx in ((RIGHT_BROW, _BROW_IMAGE_LEFT), (LEFT_BROW, _BROW_IMAGE_RIGHT)):
@@ -139,8 +168,11 @@ def parse_from_landmarks(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
         # not skin-coloured, that stroke is the brow
         window = np.zeros_like(labels)
         _fill(window, np.concatenate([p[idx] + up * 0.3 * eye_dist, (p[idx] - up * 0.12 * eye_dist)[::-1]]))
-        stroke = (window > 0) & ~skin_like & (labels != HAIR)
         band = parts == label
+        candidates = (window > 0) & ~skin_like & (labels != HAIR)
+        stroke = _touching(candidates, band)
+        if stroke.sum() <= 0.3 * band.sum():  # none on the band: one a little off it, centred near it
+            stroke = _level_with(candidates, band, up, _BROW_REACH * eye_dist)
         if stroke.sum() > 0.3 * band.sum():
             parts[band] = 0
             parts[stroke] = label
@@ -153,14 +185,19 @@ def parse_from_landmarks(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
         # the eye is the non-skin part of its outline grown a little (the 6 points fit loosely)
         grown = _cv2().dilate(outline, np.ones((3, 3), np.uint8), iterations=max(1, int(0.05 * eye_dist)))
         eye = (grown > 0) & ~skin_like & (parts == 0)
-        parts[eye if eye.sum() > 0.3 * outline.sum() else outline > 0] = label
+        if eye.sum() > 0.3 * outline.sum():
+            eye |= (outline > 0) & ~(skin_distance < _EYE_SKIN_SIGMA)
+        else:
+            eye = outline > 0
+        parts[eye] = label
     labels[parts > 0] = parts[parts > 0]
     return labels
 
 
-def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> tuple[np.ndarray, np.ndarray]:
-    """Skin (1), hair (10) and background (0) before the parts are drawn over them, and the mask of the
-    pixels that look like skin."""
+def _skin_hair_background(image: np.ndarray, p: np.ndarray,
+                          eye_dist: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skin (1), hair (10) and background (0) before the parts are drawn over them, the mask of the
+    pixels that look like skin, and every pixel's colour distance to the cheeks."""
     h, w = image.shape[:2]
     outline, up = _head_outline(p)
     head = np.zeros((h, w), np.uint8)
@@ -179,16 +216,33 @@ def _skin_hair_background(image: np.ndarray, p: np.ndarray, eye_dist: float) -> 
     distance = _colour_distance(image, cheeks > 0)
     in_head = head > 0
     skin_like = distance < _SKIN_SIGMA if distance is not None else in_head
+    if distance is None:
+        distance = np.where(in_head, 0.0, np.inf)
 
     # well above the brows, a non-skin colour inside the outline is hair (the hairline or a fringe)
     scalp = _above_line(h, w, p[17:27].mean(0) + up * 0.3 * eye_dist, up)
+    skin_like = skin_like & ~(scalp & _hair_not_skin(image, p, up, in_head & person, distance))
     hair = (person | _hair_coloured(image, in_head & scalp & ~skin_like)) & ~skin_like
     hair = _cv2().morphologyEx(hair.astype(np.uint8), _cv2().MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     labels = np.zeros((h, w), np.uint8)
     labels[hair] = HAIR
     labels[in_head & (skin_like | ~scalp)] = SKIN
     labels[person & skin_like & ~in_head] = SKIN  # neck, ears
-    return labels, skin_like
+    return labels, skin_like, distance
+
+
+def _hair_not_skin(image: np.ndarray, p: np.ndarray, up: np.ndarray, head: np.ndarray,
+                   skin_distance: np.ndarray) -> np.ndarray:
+    """Pixels nearer in colour to the top of the head outline (``_CROWN`` above the brows and higher) than
+    to the cheeks: light hair that the skin model alone takes for skin. That top is hair on most faces;
+    where its colour is the skin's (a bald head, a high forehead) nothing is returned."""
+    brow_mid = p[17:27].mean(0)
+    height = float(np.linalg.norm(brow_mid - p[8]))
+    crown = head & _above_line(*head.shape, brow_mid + up * _CROWN * height, up)
+    hair_distance = _colour_distance(image, crown)
+    if hair_distance is None or crown.sum() < 50 or np.median(skin_distance[crown]) < _CROWN_SKIN_SIGMA:
+        return np.zeros(head.shape, bool)
+    return hair_distance < skin_distance
 
 
 def _above_line(h: int, w: int, point: np.ndarray, up: np.ndarray) -> np.ndarray:

