@@ -14,7 +14,8 @@ source data"). A threshold picked on a test set (the reference-comparable FAS ev
 recorded as a decision threshold.
 
 The contract is stored in a detector's configuration (``models.detector.DetectorConfig``) and in an
-export's ``config.json`` (``CONTRACT_KEYS`` in its ``fsfm_fast`` entry, beside ``label_names``).
+export's ``config.json`` (``Contract.to_dict`` less the labels in its ``fsfm_fast`` entry, the labels being
+its ``label_names``).
 Records written before it existed are read by deriving it from their labels (``derive_positive``).
 """
 from __future__ import annotations
@@ -28,7 +29,6 @@ import torch
 
 DEFAULT_THRESHOLD = 0.5  # used, and said so, when a detector records no threshold and none is given
 POSITIVE_NAMES = ("fake", "attack")  # the positive class of each task, in the order a name is looked for
-CONTRACT_KEYS = ("labels", "positive_class", "score", "threshold", "threshold_source")
 
 
 def derive_positive(labels: Sequence[str]) -> str:
