@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _host_reads import NoHostReads
 
 from fsfm_fast.data.forgery import write_forgery_benchmark
 from fsfm_fast.data.spoof import write_spoof_benchmark
@@ -82,22 +83,9 @@ def test_saves_and_validations_fall_on_whole_cycles(tmp_path):
     assert whole_cycles(0, 3) == 0 and whole_cycles(6, 3) == 6 and whole_cycles(7, 2) == 8
 
 
-# Ops that read a tensor back to the host (item, bool, int, nonzero, ...): on a GPU, each one stops
-# the CPU until the GPU catches up.
-_HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::equal", "aten::is_nonzero",
-               "aten::masked_select", "aten::unique_dim", "aten::_unique2", "aten::allclose"}
-
-
-class _NoHostReads(torch.utils._python_dispatch.TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._schema.name in _HOST_READS:
-            raise AssertionError(f"the training step read a tensor back to the host: {func._schema.name}")
-        return func(*args, **(kwargs or {}))
-
-
 @contextmanager
 def _cpu_check():
-    with _NoHostReads():
+    with NoHostReads():
         yield
 
 
