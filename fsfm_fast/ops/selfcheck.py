@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import _ext
-from ..cli import UsageError
+from ..runtime.cli import UsageError
 from . import reference
 from . import _checks
 from ._checks import resolve_backend
@@ -283,5 +283,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ..cli import run
+    from ..runtime.cli import run
     sys.exit(run(main, "fsfm_fast.ops.selfcheck"))
