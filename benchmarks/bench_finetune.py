@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from fsfm_fast.finetune.deepfake import DetectionLoss, _adamw  # noqa: E402
+from fsfm_fast.finetune.deepfake import _adamw  # noqa: E402
+from fsfm_fast.finetune.detectors import DetectionLoss  # noqa: E402
 from fsfm_fast.finetune.deepfake import parse_args as finetune_args
 from fsfm_fast.models import create_detector  # noqa: E402
 from fsfm_fast.models.adapter import freeze_encoder  # noqa: E402

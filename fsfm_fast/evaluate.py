@@ -86,7 +86,7 @@ def score_dataset(model: torch.nn.Module, dataset: LabelledImages, *, batch_size
                         worker_init_fn=ignore_stop_signals, generator=torch.Generator())
     num_classes = model.num_classes
     rows, skipped = [torch.zeros(0, 1 + num_classes, dtype=torch.float64, device=device)], []
-    with stop_signals_held():  # data workers start here: see fsfm_fast.signals
+    with stop_signals_held():  # data workers start here: see fsfm_fast.runtime.signals
         batches = iter(loader)
     try:
         for batch in batches:

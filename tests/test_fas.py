@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsfm_fast.finetune import deepfake as finetune, fas as finetune_fas
+from fsfm_fast.finetune import deepfake as finetune, detectors, fas as finetune_fas
 from fsfm_fast.formats import CheckpointError, safe_load
 from fsfm_fast.runtime.cli import UsageError
 from fsfm_fast.data.forgery import write_forgery_benchmark
@@ -323,7 +323,7 @@ def test_adapter_trains_only_its_parts_and_saves_only_them(encoder_file, tmp_pat
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    loss = finetune.DetectionLoss.from_args(finetune.parse_args(["--data_path", "x", "--adapter", "fs", "--mixup", "0",
+    loss = detectors.DetectionLoss.from_args(finetune.parse_args(["--data_path", "x", "--adapter", "fs", "--mixup", "0",
                                                                  "--cutmix", "0"]))
     batch = {"images": torch.randn(6, 3, 32, 32), "labels": torch.tensor([0, 0, 0, 1, 1, 1])}
     loss(model, batch).backward()
@@ -334,7 +334,7 @@ def test_adapter_trains_only_its_parts_and_saves_only_them(encoder_file, tmp_pat
     assert changed and all(k.startswith(("head.adapter.", "head.projector.", "head.classifier.")) for k in changed)
     assert {k.split(".")[1] for k in changed} == {"adapter", "projector", "classifier"}
 
-    record, _ = finetune.detector_checkpointing(model, config, encoder)
+    record, _ = detectors.detector_checkpointing(model, config, encoder)
     torch.save(record(), tmp_path / "adapter.pth")
     saved = safe_load(tmp_path / "adapter.pth")
     assert saved["format"] == ADAPTER_FORMAT and set(saved["model"]) == set(trained_state(model))

@@ -23,6 +23,7 @@ from fsfm_fast.data.forgery import write_forgery_benchmark
 from fsfm_fast.engine.checkpoint import CheckpointManager
 from fsfm_fast.engine.run_log import read_log
 from fsfm_fast.finetune import deepfake as finetune
+from fsfm_fast.finetune import detectors
 from fsfm_fast.formats import safe_load
 from fsfm_fast.runtime.cli import UsageError
 
@@ -146,7 +147,7 @@ def test_bad_data_and_flags_fail_before_training(bench, tmp_path, monkeypatch):
         finetune.main(_argv(bench, tmp_path / "o3", "--batch_size", "100000"))
     assert not (tmp_path / "o1" / "log.jsonl").exists()
 
-    monkeypatch.setattr(finetune.DetectionLoss, "__call__", lambda self, model, batch: model(batch["images"]).sum() * math.nan)
+    monkeypatch.setattr(detectors.DetectionLoss, "__call__", lambda self, model, batch: model(batch["images"]).sum() * math.nan)
     with pytest.raises(UsageError, match="3 non-finite losses or gradients in a row"):
         finetune.main(_argv(bench, tmp_path / "o4", "--max_nonfinite", "3"))
 

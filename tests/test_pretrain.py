@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _host_reads import NoHostReads
 from _no_extension import BLOCK_EXTENSION
 
 from fsfm_fast.data.synthetic import write_synthetic_dataset
@@ -175,19 +176,6 @@ def test_a_batch_with_every_sample_unreadable_is_skipped_and_named(faces, tmp_pa
                          "3\td.png\ttruncated image"]
 
 
-# Ops that read a tensor back to the host (item, bool, int, nonzero, ...): on a GPU, each one stops
-# the CPU until the GPU catches up.
-_HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::equal", "aten::is_nonzero",
-               "aten::masked_select", "aten::unique_dim", "aten::_unique2", "aten::allclose"}
-
-
-class _NoHostReads(torch.utils._python_dispatch.TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._schema.name in _HOST_READS:
-            raise AssertionError(f"the training step read a tensor back to the host: {func._schema.name}")
-        return func(*args, **(kwargs or {}))
-
-
 def test_steady_state_step_reads_nothing_back(faces, tmp_path, monkeypatch):
     """The CPU stand-in for the CUDA sync-debug test below: no op of a steady-state step (log
     steps excluded) reads a tensor's value on the host, and no tensor is turned into Python numbers.
@@ -196,7 +184,7 @@ def test_steady_state_step_reads_nothing_back(faces, tmp_path, monkeypatch):
     batches = [_batch(run, n=2) for _ in range(3)]
     trainer.train_step(batches[0])  # iteration 1 is logged
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: pytest.fail("tolist() in the training step"))
-    with _NoHostReads():
+    with NoHostReads():
         for batch in batches[1:]:  # the end of an accumulation cycle, then the start of the next
             trainer.train_step(batch)
     monkeypatch.undo()

@@ -140,7 +140,8 @@ def test_unusable_resume_checkpoint_is_one_line_before_any_work(faces, tmp_path,
     args = parse_args(_argv(faces, out))
     for name, changes in (("small.pth", {"model": "fsfm_vit_small_patch16"}), ("size64.pth", {"input_size": 64})):
         saved = dict(checkpoint.plain_args(args), **changes)
-        torch.save({"model": {}, "target": {}, "optimizer": {}, "iteration": 3, "rng": {}, "args": saved},
+        torch.save({"model": {}, "target": {}, "optimizer": {}, "iteration": 3, "rng": {}, "engine_state": {},
+                    "args": saved},
                    ckpts / name)
     cases = {"empty.pth": "the file is empty (0 bytes)",
              "random.pth": "not a valid checkpoint",

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..formats import mean_std_record, write_mean_std
 from ..runtime.cli import UsageError
 from ..runtime.signals import ignore_stop_signals
+from .dali import DaliLoader, dali_available  # the module imports DALI itself only when a pipeline is built
 from .faces import collate_faces, sample_key
 from .folder import FaceParsingFolder, compute_mean_std, pixel_mean_std
 from .labelled import collate_labelled
@@ -190,8 +191,6 @@ class TrainData:
 
 
 def _choose(loader: str, folders: list[Path], shards: list[Path]) -> str:
-    from .dali import dali_available
-
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
     if loader == "torch" or (loader == "auto" and (folders or not shards)):
@@ -229,8 +228,6 @@ def build_loader(paths, mean, std, *, input_size: int, batch_size: int, augment:
     chosen = _choose(loader, folders, shards)
     dataset = face_dataset(folders + shards, input_size, mean, std, augment=augment, seed=seed)
     if chosen == "dali":
-        from .dali import DaliLoader
-
         device_id = (device.index or 0) if device.type == "cuda" else None
         dali = DaliLoader(shards, mean, std, input_size=input_size, batch_size=batch_size, augment=augment, seed=seed,
                           rank=rank, world_size=world_size, device_id=device_id, num_threads=max(num_workers, 1),

@@ -19,47 +19,31 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from timm.data import Mixup, create_transform
 from timm.data import auto_augment as timm_auto_augment
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.data import create_transform
 from timm.optim import param_groups_layer_decay
 
 from .. import demo
 from ..data.forgery import write_forgery_benchmark
-from ..data.labelled import (
-    LabelledImages,
-    Sample,
-    count_labels,
-    parse_class_map,
-    read_split_file,
-    samples_from,
-)
+from ..data.labelled import LabelledImages, Sample, count_labels, parse_class_map, read_split_file, samples_from
 from ..data.loaders import labelled_train_data
-from ..engine.checkpoint import CheckpointManager, plain_args
+from ..engine.checkpoint import plain_args
 from ..engine.run_log import RunLog
 from ..engine.schedules import cosine_lr
 from ..engine.trainer import RunSettings, Selection, Task, Trainer, open_run, whole_cycles, write_json
-from ..evaluate import eval_transform, parse_tests, run_evaluation, score_dataset
-from ..formats import ADAPTER_FORMAT, BEST, DETECTOR_FORMAT, CheckpointError, choose_mean_std, load_state_dict_strict
-from ..metrics import SingleClassWarning, frame_metrics
+from ..evaluate import eval_transform, parse_tests, run_evaluation
+from ..formats import BEST
 from ..models import list_models
-from ..models.adapter import (
-    encoder_reference,
-    freeze_encoder,
-    load_trained_state,
-    real_anchored_contrastive,
-    trained_state,
-)
-from ..models.detector import DetectorConfig, PretrainedEncoder, detector_config, load_pretrained_encoder
+from ..models.detector import DetectorConfig
 from ..runtime import cli, flags
-from ..runtime.devices import autocast_dtype, device_type, fused, resolve_device
+from ..runtime.devices import device_type, fused
 from ..runtime.distributed import DistInfo, barrier, process_group
+from .detectors import (DetectionLoss, add_adapter_flags, detector_checkpointing, load_encoder, mixup_active,
+                        normalisation, run_place, validator)
 
 SELECT_MODES = {"loss": "min", "auc": "max"}
 
@@ -173,15 +157,6 @@ def get_args_parser():
     return p
 
 
-def add_adapter_flags(parser, weight_cl: float) -> None:
-    g = parser.add_argument_group("FS-Adapter")
-    g.add_argument("--adapter", default="none", choices=["none", "fs"],
-                   help="fs: freeze the pretrained encoder and train only the FS-Adapter, its projector and the head")
-    g.add_argument("--adapter_reduction", default=4, type=int, help="adapter bottleneck width = encoder width / this")
-    g.add_argument("--weight_cl", default=weight_cl, type=float, help="weight of the real-anchored contrastive loss")
-    g.add_argument("--temperature", default=0.07, type=float, help="temperature of the contrastive loss")
-
-
 def parse_args(argv: list[str] | None = None):
     args = demo.parse_with_defaults(get_args_parser(), argv, lambda a: not a.data_path and not a.train_split,
                                     DEMO_DEFAULTS, [(lambda a: a.adapter == "fs", ADAPTER_DEFAULTS)])
@@ -203,10 +178,6 @@ def parse_args(argv: list[str] | None = None):
         raise cli.UsageError(f"--batch_size must be even with --mixup/--cutmix (they pair samples), got {args.batch_size}")
     args.aa = None if str(args.aa).lower() in ("none", "") else args.aa
     return args
-
-
-def mixup_active(args) -> bool:
-    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,86 +251,6 @@ def train_transform(args, mean, std):
 # model, loss, validation
 
 
-def resolve_pretrained(args, say=print) -> str:
-    if args.finetune != "auto":
-        return args.finetune
-    latest = CheckpointManager(demo.PRETRAIN_DIR).latest()
-    if latest is None:
-        say(f"no pretraining checkpoint in {demo.PRETRAIN_DIR}/ (python -m fsfm_fast.pretrain makes one): "
-                    "fine-tuning from scratch")
-        return ""
-    return str(latest)
-
-
-def normalisation(args, encoder) -> tuple[list[float], list[float], str]:
-    """(mean, std, where they come from): ImageNet's on request, else the pretraining set's (SPEC section 5)."""
-    found = None if encoder is None else (encoder.mean_std, encoder.mean_std_source or f"--finetune {encoder.path}")
-    return choose_mean_std(args.normalize_from_IMN, args.mean_std, found)
-
-
-class DetectionLoss:
-    """Mixup/CutMix of the batch (their label smoothing included) and soft-target cross-entropy, as the
-    recipe; without mixup, label-smoothed cross-entropy. With the FS-Adapter, plus ``weight_cl`` x the
-    real-anchored contrastive loss of its projections, with the batch's own labels (mixed or not, as
-    the authors do). ``plain`` (FAS): cross-entropy, plus the adapter's loss when ``weight_cl``."""
-
-    def __init__(self, criterion: torch.nn.Module, mixup: Mixup | None = None, weight_cl: float = 0.0,
-                 temperature: float = 0.07):
-        self.criterion, self.mixup, self.weight_cl, self.temperature = criterion, mixup, weight_cl, temperature
-
-    @classmethod
-    def from_args(cls, args) -> DetectionLoss:
-        """The deepfake recipe of ``python -m fsfm_fast.finetune``'s flags."""
-        adapter = {"weight_cl": args.weight_cl if args.adapter == "fs" else 0.0, "temperature": args.temperature}
-        if mixup_active(args):
-            mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                          label_smoothing=args.smoothing, num_classes=2)
-            return cls(SoftTargetCrossEntropy(), mixup, **adapter)
-        if args.smoothing > 0:
-            return cls(LabelSmoothingCrossEntropy(smoothing=args.smoothing), **adapter)
-        return cls.plain(**adapter)
-
-    @classmethod
-    def plain(cls, weight_cl: float = 0.0, temperature: float = 0.07) -> DetectionLoss:
-        return cls(torch.nn.CrossEntropyLoss(), weight_cl=weight_cl, temperature=temperature)
-
-    def __call__(self, model, batch: dict) -> torch.Tensor | None:
-        images, targets = batch["images"], batch["labels"]
-        labels = targets
-        if self.mixup is not None:
-            keep = images.shape[0] - images.shape[0] % 2  # mixup pairs samples; a skipped image can leave one over
-            if keep == 0:
-                return None
-            labels = labels[:keep]
-            images, targets = self.mixup(images[:keep], targets[:keep])
-        out = model(images)
-        logits, projection = out if isinstance(out, tuple) else (out, None)  # the adapter's head gives both
-        loss = self.criterion(logits, targets)
-        if projection is not None and self.weight_cl:
-            loss = loss + self.weight_cl * real_anchored_contrastive(projection, labels, self.temperature)
-        return loss
-
-
-def validator(sets: dict[str, LabelledImages], *, batch_size: int, num_workers: int, device, amp_dtype,
-              info: DistInfo, metrics=None):
-    """``validate(model)``: cross-entropy (no smoothing) and ``metrics(dataset, scores)`` (default: frame
-    metrics) over each whole split."""
-    def validate(model) -> dict[str, dict[str, float]]:
-        results = {}
-        for name, dataset in sets.items():
-            scores = score_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
-                                   amp_dtype=amp_dtype, info=info)
-            labels = dataset.labels[scores.index]
-            loss = F.cross_entropy(torch.from_numpy(scores.logits).float(), torch.from_numpy(labels)).item()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", SingleClassWarning)
-                found = metrics(dataset, scores) if metrics else frame_metrics(labels, scores.fake_prob)
-                results[name] = {"loss": loss, **found, "images": int(labels.size)}
-        return results
-    return validate
-
-
 def _selections(args, splits) -> list[Selection]:
     mode = SELECT_MODES[args.select_metric]
     out = [Selection(BEST, "val", args.select_metric, mode)]
@@ -377,15 +268,6 @@ def _selections(args, splits) -> list[Selection]:
 def train(args) -> dict:
     with process_group(device_type(args.device)) as info:
         return _train(args, info)
-
-
-def run_place(args, info: DistInfo) -> tuple[torch.device, torch.dtype | None, Path]:
-    """This process's device and autocast dtype, and ``--output_dir``, proved writable by the main process."""
-    device = resolve_device(args.device, info)
-    out_dir = Path(args.output_dir)
-    if info.is_main:
-        cli.ensure_writable_dir(out_dir)
-    return device, autocast_dtype(args.precision, device), out_dir
 
 
 def _train(args, info: DistInfo) -> dict:
@@ -469,56 +351,6 @@ def build_task(args, model, config: DetectorConfig, encoder, splits, info: DistI
 
 def effective_batch(args, info: DistInfo) -> int:
     return args.batch_size * args.accum_iter * info.world_size
-
-
-def load_encoder(model, config: DetectorConfig, args, info: DistInfo) -> PretrainedEncoder | None:
-    """The pretrained encoder of ``--finetune`` loaded into ``model`` (None: from scratch); with the
-    FS-Adapter, which needs one, the encoder is then frozen."""
-    pretrained = resolve_pretrained(args, print if info.is_main else (lambda *a: None))
-    if config.adapter and not pretrained:
-        raise cli.UsageError("--adapter fs trains on a frozen pretrained encoder: give --finetune CKPT (or run "
-                             "python -m fsfm_fast.pretrain first for the demo)")
-    encoder = load_pretrained_encoder(model, pretrained) if pretrained else None
-    if config.adapter and info.is_main:
-        total = sum(p.numel() for p in model.parameters())
-        print(f"FS-Adapter: the encoder is frozen; {freeze_encoder(model):,} of {total:,} parameters train "
-              "(adapter, projector, head)", flush=True)
-    elif config.adapter:
-        freeze_encoder(model)
-    return encoder
-
-
-def detector_checkpointing(model, config: DetectorConfig, encoder: PretrainedEncoder | None):
-    """``(record, restore)`` for the engine: what a checkpoint keeps of the detector, and how a resume
-    puts it back. The whole detector (``DETECTOR_FORMAT``), or for the FS-Adapter only its trained parts
-    and the frozen encoder by path and checksum (``ADAPTER_FORMAT``, ``models/adapter.py``)."""
-    pretrained = None if encoder is None else {"path": encoder.path, "kind": encoder.kind,
-                                               "mean_std_source": config.mean_std_source}
-    fmt = ADAPTER_FORMAT if config.adapter else DETECTOR_FORMAT
-    reference = encoder_reference(encoder) if config.adapter else None
-
-    def record() -> dict:
-        if config.adapter:
-            return {"format": fmt, "detector": config.to_dict(), "model": trained_state(model), "encoder": reference,
-                    "pretrained": pretrained}
-        return {"format": fmt, "detector": config.to_dict(), "model": model.state_dict(), "pretrained": pretrained}
-
-    def restore(ckpt: dict, path: Path) -> None:
-        saved = detector_config(ckpt, path) if ckpt.get("format") == fmt else None
-        keys = ("model", "img_size", "global_pool", "num_classes", "head", "adapter", "adapter_reduction")
-        differ = [k for k in keys if saved is None or getattr(saved, k) != getattr(config, k)]
-        if differ:
-            raise CheckpointError(f"{path} is not a checkpoint of this detector (differs in {differ}: "
-                                  f"{ {k: getattr(saved, k, None) for k in differ} })")
-        if not config.adapter:
-            load_state_dict_strict(model, ckpt["model"], path, "detector")
-            return
-        if (ckpt.get("encoder") or {}).get("sha256") != reference["sha256"]:
-            raise CheckpointError(f"{path} was trained on another encoder ({(ckpt.get('encoder') or {}).get('path')}) "
-                                  f"than --finetune {encoder.path}")
-        load_trained_state(model, ckpt["model"], path)
-
-    return record, restore
 
 
 def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:

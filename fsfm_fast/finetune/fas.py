@@ -70,15 +70,8 @@ from ..models.heads import HEADS
 from ..runtime import cli, flags
 from ..runtime.devices import device_type, fused
 from ..runtime.distributed import DistInfo, barrier, process_group
-from .deepfake import (
-    DetectionLoss,
-    add_adapter_flags,
-    detector_checkpointing,
-    load_encoder,
-    normalisation,
-    run_place,
-    validator,
-)
+from .detectors import (DetectionLoss, add_adapter_flags, detector_checkpointing, load_encoder, normalisation,
+                        run_place, validator)
 
 EVALUATIONS = {
     "honest": "honest: checkpoint and threshold (exact search) chosen on held-out source data",
