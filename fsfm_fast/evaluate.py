@@ -71,7 +71,6 @@ class Scores:
         """The score: the probability of the positive class, float64 (``inference.positive_probability``)."""
         return positive_probability(self.logits, self.positive_index)
 
-    fake_prob = positive_prob  # the deepfake verbs' name for the score
 
 
 @torch.inference_mode()

@@ -115,7 +115,7 @@ def validator(sets: dict[str, LabelledImages], *, batch_size: int, num_workers: 
             loss = F.cross_entropy(torch.from_numpy(scores.logits).float(), torch.from_numpy(labels)).item()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SingleClassWarning)
-                found = metrics(dataset, scores) if metrics else frame_metrics(labels, scores.fake_prob)
+                found = metrics(dataset, scores) if metrics else frame_metrics(labels, scores.positive_prob)
                 results[name] = {"loss": loss, **found, "images": int(labels.size)}
         return results
     return validate
