@@ -162,9 +162,9 @@ def _resolve(frame, root: Path, where: str, path: Path) -> str:
     return frame if os.path.isabs(frame) else str(root / frame)
 
 
-def _choose(value: str, valid: list[str], what: str, path: Path, hint: str) -> None:
+def _choose(value: str, valid: list[str], what: str, path: Path) -> None:
     if value not in valid:
-        raise UsageError(f"{path}: unknown {what} {value!r}; its {what}s are {', '.join(valid)}{hint}")
+        raise UsageError(f"{path}: unknown {what} {value!r}; its {what}s are {', '.join(valid)}")
 
 
 def read_samples(text: str, split: str, class_map: dict[str, int] | None = None) -> list[Sample]:
@@ -177,13 +177,13 @@ def read_samples(text: str, split: str, class_map: dict[str, int] | None = None)
     path = spec.json
     methods = _dataset(_read_json(path), path)
     for method in spec.methods:
-        _choose(method, list(methods), "method", path, "")
+        _choose(method, list(methods), "method", path)
     chosen = {m: methods[m] for m in (spec.methods or methods)}
     bad = [m for m, node in chosen.items() if not isinstance(node, dict)]
     if bad:
         raise UsageError(f"{path}: method {bad[0]!r} is not a mapping of splits")
     splits = sorted({s for node in chosen.values() for s in node})
-    _choose(split, splits, "split", path, "")
+    _choose(split, splits, "split", path)
     nodes = {m: node.get(split, {}) for m, node in chosen.items()}
     levels = sorted(_levels([n for node in chosen.values() for n in node.values()]))  # the dataset's, all splits
     if levels and not spec.compression:
@@ -193,7 +193,7 @@ def read_samples(text: str, split: str, class_map: dict[str, int] | None = None)
         if not levels:
             raise UsageError(f"{path} has no compression levels (only the FaceForensics++ family has them): "
                              f"leave COMPRESSION empty, not {spec.compression!r}")
-        _choose(spec.compression, levels, "compression level", path, "")
+        _choose(spec.compression, levels, "compression level", path)
     samples = []
     for method, node in nodes.items():
         where = f"{method}/{split}" + (f"/{spec.compression}" if spec.compression else "")
