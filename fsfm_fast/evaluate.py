@@ -3,8 +3,12 @@
     python -m fsfm_fast.evaluate --checkpoint runs/ff/checkpoint-best.pth \\
         --test CDF=/data/CDF-v2 --test DFDC=/data/DFDC --test DFDCP=/data/DFDCP --test WDF=/data/WDF
 
+The detector is a checkpoint of ``finetune`` / ``finetune_fas`` or an export folder of ``export`` (its
+config.json carries the inference contract and the evaluation transform); an export holding
+``model.onnx`` can be scored with onnxruntime on the CPU (``--runtime``, ``fsfm_fast.onnx_runtime``).
 A test set is ``NAME=PATH[,PATH...]``; each PATH is a dataset root with a ``test/`` folder, a folder of
-class folders, or a split file (``data/labelled.py``). Any number of processes (``torchrun``): each
+class folders, a split file, or a DeepfakeBench dataset JSON (``dfb:JSON[:SPLIT[:COMPRESSION[:METHODS[:ROOT]]]]``;
+``data/labelled.py``, ``data/deepfakebench.py``). Any number of processes (``torchrun``): each
 scores a disjoint, unpadded share of every set, the scores are gathered, and the metrics are computed
 once over the whole set (``metrics.py``): frame level (AUC, AP, EER, accuracy and balanced accuracy at
 the decision threshold) and video level (a video's score is the mean of its frames'). A set whose fakes come in
@@ -41,6 +45,7 @@ from .runtime.distributed import DistInfo, barrier, gather_objects, gather_rows,
 from .inference import positive_probability
 from .metrics import METRIC_KEYS, frame_metrics, video_metrics
 from .models.detector import DetectorConfig, load_detector
+from .onnx_runtime import RUNTIMES, choose_runtime
 from .runtime.signals import ignore_stop_signals, shutdown_workers, stop_signals_held
 
 TEST_SPLIT = "test"
@@ -231,22 +236,48 @@ def selection_note(ckpt: dict) -> str:
     return f"{sel['description']}, at iteration {sel['iteration']} ({sel['metric']} {sel['value']:.4f})"
 
 
+@dataclass
+class Detector:
+    """What evaluation needs of a detector, from a checkpoint or an export folder."""
+    model: torch.nn.Module  # or an onnx_runtime.OnnxModel
+    transform: object
+    contract: object  # inference.Contract
+    train_classes: tuple[str, ...]
+    selection: dict  # {"description", "target_domain", ...}; {} when unknown
+    what: str  # for the table's header
+
+
+def load_evaluated(checkpoint: str | Path, eval_resize: str | None, runtime: str = "torch") -> Detector:
+    """A detector checkpoint, or an export folder through ``runtime`` (torch or onnx)."""
+    if Path(checkpoint).is_dir():
+        from .predict import load_scorer  # the one reader of export folders
+        scorer = load_scorer(str(checkpoint), runtime, eval_resize)
+        record = scorer.record
+        selection = {"description": record["selection"]} if record.get("selection") else {}
+        return Detector(scorer.model, scorer.transform, scorer.contract, tuple(record.get("train_classes") or ()),
+                        selection, f"export {scorer.description}, recorded eval transform"
+                        + (f" with '{eval_resize}' resize" if eval_resize else ""))
+    model, config, ckpt = load_detector(checkpoint)
+    return Detector(model, eval_transform(config, eval_resize), config.contract, tuple(config.train_classes),
+                    ckpt.get("selection") or {}, f"checkpoint {checkpoint}: {config.model} at {config.img_size}px, "
+                    f"'{eval_resize or config.eval_resize}' eval resize\nselected by: {selection_note(ckpt)}")
+
+
 def run_evaluation(checkpoint: str | Path, tests: dict[str, str], output_dir: str | Path, *, batch_size: int = 64,
                    num_workers: int = 4, device: torch.device, amp_dtype: torch.dtype | None,
                    info: DistInfo = DistInfo(), eval_resize: str | None = None, class_map: dict | None = None,
-                   threshold: float | None = None) -> dict:
-    """Score every test set with the detector of ``checkpoint``; the main process writes the outputs
-    and prints the table. ``threshold``: None takes the detector's recorded one, else 0.5. Returns the
-    metrics (on every rank)."""
+                   threshold: float | None = None, runtime: str = "torch") -> dict:
+    """Score every test set with the detector of ``checkpoint`` (a checkpoint, or an export folder run by
+    ``runtime``); the main process writes the outputs and prints the table. ``threshold``: None takes the
+    detector's recorded one, else 0.5. Returns the metrics (on every rank)."""
     sets = {name: samples_from(spec, TEST_SPLIT, class_map) for name, spec in tests.items()}  # bad paths fail first
-    model, config, ckpt = load_detector(checkpoint)
-    contract = config.contract
+    detector = load_evaluated(checkpoint, eval_resize, runtime)
+    model, contract, transform = detector.model, detector.contract, detector.transform
     threshold, threshold_source = contract.resolve_threshold(threshold)
     decision = {"score": contract.score, "threshold": threshold, "threshold_source": threshold_source}
     model.to(device).eval()
-    transform = eval_transform(config, eval_resize)
     metrics, scored = {}, {}
-    selection = ckpt.get("selection") or {}
+    selection = detector.selection
     for name, samples in sets.items():
         scores = score_dataset(model, LabelledImages(samples, transform), batch_size=batch_size,
                                num_workers=num_workers, device=device, amp_dtype=amp_dtype, info=info,
@@ -254,15 +285,13 @@ def run_evaluation(checkpoint: str | Path, tests: dict[str, str], output_dir: st
         if scores.index.size == 0:
             raise cli.UsageError(f"--test {name}: none of its {len(samples)} images could be read "
                                  f"(first: {scores.skipped[0][0]}: {scores.skipped[0][1]})")
-        metrics[name] = {**set_metrics(samples, scores, config.train_classes, threshold),
+        metrics[name] = {**set_metrics(samples, scores, detector.train_classes, threshold),
                          "selection": selection.get("description", "none (last checkpoint)"),
                          "target_domain_selection": bool(selection.get("target_domain", False)), **decision}
         scored[name] = (samples, scores)
     if info.is_main:
-        header = (f"checkpoint {checkpoint}: {config.model} at {config.img_size}px, "
-                  f"'{eval_resize or config.eval_resize}' eval resize\nselected by: {selection_note(ckpt)}\n"
-                  f"score {contract.score}; called {contract.positive_class} when score >= {threshold:g} "
-                  f"({threshold_source})")
+        header = (f"{detector.what}\nscore {contract.score}; called {contract.positive_class} when score >= "
+                  f"{threshold:g} ({threshold_source})")
         table = write_outputs(Path(output_dir), metrics, scored, header)
         print(table)
         print(f"wrote metrics.json, scores.csv, roc.png and table.md to {output_dir}")
@@ -273,10 +302,12 @@ def run_evaluation(checkpoint: str | Path, tests: dict[str, str], output_dir: st
 def get_args_parser():
     p = cli.argument_parser("fsfm_fast.evaluate", __doc__)
     p.add_argument("--checkpoint", default=None,
-                   help="a detector checkpoint of fsfm_fast.finetune (default: the demo detector)")
+                   help="a detector checkpoint of fsfm_fast.finetune or finetune_fas, or an export folder of "
+                        "fsfm_fast.export (default: the demo detector)")
     p.add_argument("--test", action="append", default=[], metavar="NAME=PATH[,PATH...]",
-                   help="a test set; repeat for several (default: the demo's synthetic test set)")
-    p.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
+                   help="a test set; repeat for several (default: the demo's synthetic test set). PATH: a dataset "
+                        "root, a folder of class folders, a split file, or dfb:JSON[:SPLIT[:COMPRESSION[:METHODS[:ROOT]]]]")
+    p.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval, or <export folder>/eval")
     flags.add_batch_flag(p, 64)
     flags.add_worker_flag(p, 4)
     flags.add_device_flags(p)
@@ -285,6 +316,9 @@ def get_args_parser():
                         "plain = resize to img_size")
     p.add_argument("--class_map", action="append", default=[], metavar="NAME=real|fake[,...]",
                    help="label class folders the naming rule does not know")
+    p.add_argument("--runtime", default="auto", choices=list(RUNTIMES),
+                   help="for an export folder: onnx = its model.onnx through onnxruntime on the CPU, torch = PyTorch "
+                        "on --device, auto = onnx when the file is there, onnxruntime imports and the device is the CPU")
     p.add_argument("--threshold", default=None, type=float,
                    help="score (P(fake), P(attack)) at or above which a sample is called the positive class, for "
                         "the accuracies (default: the detector's recorded threshold, else 0.5)")
@@ -301,17 +335,22 @@ def main(argv: list[str] | None = None) -> int:
     flags.check(args)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise cli.UsageError(f"--threshold is a probability in [0, 1], got {args.threshold}")
-    if not Path(args.checkpoint).is_file():
-        raise cli.UsageError(f"--checkpoint {args.checkpoint} does not exist")
-    output_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / "eval"
+    detector = Path(args.checkpoint)
+    if detector.suffix == ".safetensors" and (detector.parent / "config.json").is_file():
+        detector = detector.parent  # an export's weights file stands for its folder
+    if not (detector.is_file() or (detector / "config.json").is_file()):
+        raise cli.UsageError(f"--checkpoint {args.checkpoint} is neither a checkpoint nor an export folder (config.json)")
+    runtime = choose_runtime(args.runtime, detector, args.device, args.precision)
+    default_out = detector / "eval" if detector.is_dir() else detector.parent / "eval"
+    output_dir = Path(args.output_dir) if args.output_dir else default_out
     with process_group(device_type(args.device)) as info:
         if info.is_main:
             cli.ensure_writable_dir(output_dir)
-        device = resolve_device(args.device, info)
-        run_evaluation(args.checkpoint, tests, output_dir, batch_size=args.batch_size, num_workers=args.num_workers,
+        device = torch.device("cpu") if runtime == "onnx" else resolve_device(args.device, info)
+        run_evaluation(detector, tests, output_dir, batch_size=args.batch_size, num_workers=args.num_workers,
                        device=device, amp_dtype=autocast_dtype(args.precision, device), info=info,
                        eval_resize=args.eval_resize, class_map=parse_class_map(args.class_map),
-                       threshold=args.threshold)
+                       threshold=args.threshold, runtime=runtime)
     return 0
 
 

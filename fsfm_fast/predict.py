@@ -8,6 +8,9 @@ INPUT: images, videos, or folders of them (searched recursively, as ``prepare`` 
 + ``model.safetensors``, loaded through timm) or a detector checkpoint of ``python -m fsfm_fast.finetune``
 or ``python -m fsfm_fast.finetune_fas``: a whole detector (linear or FAS head) or an FS-Adapter checkpoint
 (its frozen encoder read from the file it names), every detector ``evaluate`` and ``export`` accept.
+``--runtime onnx`` scores an export's ``model.onnx`` (``export --onnx``) with onnxruntime on the CPU, equal
+to PyTorch within the tolerance export checked; ``auto`` (the default) does so when the export holds
+``model.onnx``, onnxruntime imports and the device is the CPU (``fsfm_fast.onnx_runtime``).
 
 Each image, and each of ``--num_frames`` frames sampled uniformly from a video (``prepare``'s seeking
 sampler), goes through ``prepare``'s face detector: the largest face is cropped as ``prepare`` crops the
@@ -56,6 +59,8 @@ from .runtime.devices import autocast, autocast_dtype, resolve_device
 from .inference import Contract, decide, positive_probability
 from .models.detector import detector_from_checkpoint
 from .models.heads import recorded_head
+from .models.timm_models import EVAL_CROP_PCT
+from .onnx_runtime import ONNX_FILE, RUNTIMES, OnnxModel, choose_runtime
 from .prepare.faces import CROP_SCALE, CROP_SIZE, DEFAULT_UPSAMPLE, DETECTORS, crop_face, largest_face, make_detector
 from .prepare.inputs import IMAGE, VIDEO, Input, kind_of, scan
 from .prepare.video import VideoError, count_frames, sample_frames, sample_indices
@@ -75,6 +80,8 @@ class Scorer:
     transform: Callable[[Image.Image], torch.Tensor]
     contract: Contract  # class names, the positive class, the recorded threshold and its source
     description: str
+    runtime: str = "torch"  # or "onnx": an export's model.onnx through onnxruntime on the CPU
+    record: dict = field(default_factory=dict)  # an export's fsfm_fast entry (selection, train_classes, ...)
 
     @property
     def score_key(self) -> str:
@@ -82,18 +89,35 @@ class Scorer:
         return f"p_{self.contract.positive_class}"
 
 
-def _from_export(path: Path) -> tuple[torch.nn.Module, Callable, Contract, str]:
+def export_transform(pretrained_cfg: dict, resize: str | None = None) -> Callable:
+    """The evaluation transform an export records (timm's data config); ``resize`` overrides it as
+    evaluate's ``--eval_resize`` does: ``crop`` (resize, centre crop) or ``plain`` (squash the image)."""
+    data = resolve_data_config(pretrained_cfg=dict(pretrained_cfg))
+    if resize == "plain":
+        data.update(crop_pct=1.0, crop_mode="squash")
+    elif resize == "crop" and data.get("crop_mode") != "center":
+        data.update(crop_pct=EVAL_CROP_PCT, crop_mode="center")
+    return create_transform(**data)
+
+
+def _from_export(path: Path, runtime: str = "torch",
+                 resize: str | None = None) -> tuple[torch.nn.Module, Callable, Contract, str, dict]:
     config = read_timm_config(path)
     if config is None:
         raise cli.UsageError(f"--detector {path}: no readable config.json there; give an export folder of "
                              "python -m fsfm_fast.export or a detector checkpoint")
     record = config.get("fsfm_fast") or {}
-    head = (config.get("model_args") or {}).get("head")
-    try:  # an export older than the contract names the pooled FAS head "fas": build what it was
-        model = timm.create_model(f"local-dir:{path}", pretrained=True,
-                                  **({"head": recorded_head(head, record)} if head else {}))
-    except Exception as exc:  # noqa: BLE001  (timm raises many kinds; the user needs the folder and the cause)
-        raise cli.UsageError(f"--detector {path}: timm cannot load this export ({type(exc).__name__}: {exc})") from None
+    if runtime == "onnx":  # the file export checked against these weights; the config gives classes and transform
+        model = OnnxModel(path / ONNX_FILE, int(config.get("num_classes") or 0))
+        pretrained_cfg = config.get("pretrained_cfg") or {}
+    else:
+        head = (config.get("model_args") or {}).get("head")
+        try:  # an export older than the contract names the pooled FAS head "fas": build what it was
+            model = timm.create_model(f"local-dir:{path}", pretrained=True,
+                                      **({"head": recorded_head(head, record)} if head else {}))
+        except Exception as exc:  # noqa: BLE001  (timm raises many kinds; the user needs the folder and the cause)
+            raise cli.UsageError(f"--detector {path}: timm cannot load this export ({type(exc).__name__}: {exc})") from None
+        pretrained_cfg = model.pretrained_cfg
     if not getattr(model, "num_classes", 0):
         raise cli.UsageError(f"--detector {path} has no classification head (an encoder export): predict needs a detector")
     labels = config.get("label_names") or []
@@ -102,8 +126,8 @@ def _from_export(path: Path) -> tuple[torch.nn.Module, Callable, Contract, str]:
                              "classes; export it again with --labels")
     if record.get("threshold") is not None and not record.get("threshold_source"):  # an export older than the contract
         record = {**record, "threshold_source": "recorded in the export"}
-    return (model, create_transform(**resolve_data_config(model=model)), Contract.from_record(record, labels),
-            record.get("model", config.get("architecture")))
+    return (model, export_transform(pretrained_cfg, resize), Contract.from_record(record, labels),
+            record.get("model", config.get("architecture")), record)
 
 
 def _from_checkpoint(path: Path) -> tuple[torch.nn.Module, Callable, Contract, str]:
@@ -113,22 +137,32 @@ def _from_checkpoint(path: Path) -> tuple[torch.nn.Module, Callable, Contract, s
                              "export folder or a checkpoint of python -m fsfm_fast.finetune or finetune_fas")
     model, config = detector_from_checkpoint(ckpt, path)  # a whole detector, or an FS-Adapter on its encoder
     from .evaluate import eval_transform  # the transform the detector was evaluated with
-    return model, eval_transform(config), config.contract, config.model
+    return model, eval_transform(config), config.contract, config.model, {}
 
 
-def load_scorer(spec: str) -> Scorer:
-    """The detector of an export folder or of a detector checkpoint (whole or FS-Adapter); one-line errors
-    otherwise."""
+def detector_path(spec: str) -> Path:
+    """``spec`` as the path to load: an export's weights file stands for its folder."""
     path = Path(spec)
     if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
-        path = path.parent  # an export's weights file: the export
+        return path.parent
+    return path
+
+
+def load_scorer(spec: str, runtime: str = "torch", resize: str | None = None) -> Scorer:
+    """The detector of an export folder (through torch or, ``runtime="onnx"``, its model.onnx through
+    onnxruntime) or of a detector checkpoint (whole or FS-Adapter); one-line errors otherwise.
+    ``resize`` overrides an export's recorded evaluation resize (``crop`` or ``plain``)."""
+    path = detector_path(spec)
     if not path.exists():
         raise cli.UsageError(f"--detector {path} does not exist")
     try:
-        model, transform, contract, name = _from_export(path) if path.is_dir() else _from_checkpoint(path)
+        model, transform, contract, name, record = (_from_export(path, runtime, resize) if path.is_dir()
+                                                    else _from_checkpoint(path))
     except (ValueError, CheckpointError) as exc:  # a contract that does not hold, a checkpoint that does not load
         raise cli.UsageError(f"--detector {path}: {exc}") from None
-    return Scorer(model.eval(), transform, contract, f"{name} from {path} (score {contract.score})")
+    where = "onnxruntime on the CPU" if runtime == "onnx" else "torch"
+    return Scorer(model.eval(), transform, contract, f"{name} from {path} via {where} (score {contract.score})",
+                  runtime, record)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,6 +445,9 @@ def get_args_parser():
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--runtime", default="auto", choices=list(RUNTIMES),
+                   help=f"onnx: an export's {ONNX_FILE} through onnxruntime on the CPU; torch: PyTorch on --device; "
+                        f"auto: onnx when the export holds {ONNX_FILE}, onnxruntime imports and the device is the CPU")
     return p
 
 
@@ -453,12 +490,13 @@ def collect_inputs(paths: list[str]) -> tuple[list[Input], list[tuple[str, str]]
 
 
 def run(args, truth: dict[str, str] | None = None) -> tuple[list[Result], float]:
-    scorer = load_scorer(args.detector)
+    runtime = choose_runtime(getattr(args, "runtime", "torch"), detector_path(args.detector), args.device, args.precision)
+    scorer = load_scorer(args.detector, runtime)
     inputs, absent = collect_inputs(args.inputs)
     threshold, threshold_note = scorer.contract.resolve_threshold(args.threshold)
     if args.threshold is not None and scorer.contract.threshold is not None:
         threshold_note += f" (--threshold), instead of the recorded {scorer.contract.threshold:g}"
-    device = resolve_device(args.device)
+    device = torch.device("cpu") if runtime == "onnx" else resolve_device(args.device)
     amp_dtype = autocast_dtype(args.precision, device)
     precision = "fp32" if amp_dtype is None else str(amp_dtype).split(".")[-1]
     print(f"scoring {len(inputs)} inputs with {scorer.description} on {device} ({precision}); face detector "

@@ -151,7 +151,10 @@ def read_split_file(path: Path, class_map: dict[str, int] | None = None, base: P
 
 def samples_from(spec: str, split: str, class_map: dict[str, int] | None = None) -> list[Sample]:
     """The images of ``spec``: one or more comma-separated paths, each a dataset root with a ``split``/
-    folder, a folder of class folders, or a split file. Videos of different paths never merge."""
+    folder, a folder of class folders, a split file, or a DeepfakeBench dataset JSON
+    (``dfb:JSON[:SPLIT[:COMPRESSION[:METHODS[:ROOT]]]]``, ``data/deepfakebench.py``). Videos of different
+    paths never merge."""
+    from . import deepfakebench  # here, not at the top: it builds on this module's Sample and naming rule
     paths = [p.strip() for p in spec.split(",") if p.strip()]
     if not paths:
         raise UsageError(f"empty dataset path {spec!r}")
@@ -159,7 +162,10 @@ def samples_from(spec: str, split: str, class_map: dict[str, int] | None = None)
     for i, raw in enumerate(paths):
         path = Path(raw)
         prefix = f"{i}:" if len(paths) > 1 else ""
-        if path.is_file():
+        if deepfakebench.is_spec(raw):
+            part = deepfakebench.read_samples(raw, split, class_map)
+            samples += [Sample(s.path, s.label, prefix + s.video, s.cls) for s in part]
+        elif path.is_file():
             part = read_split_file(path, class_map)
             samples += [Sample(s.path, s.label, prefix + s.video, s.cls) for s in part]
         elif (path / split).is_dir():
