@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from fsfm_fast.data.identities import write_identity_benchmark
-from fsfm_fast.data.labelled import Sample
 from fsfm_fast.data.synthetic import write_synthetic_dataset
 from fsfm_fast.engine.checkpoint import CheckpointManager
 from fsfm_fast.engine.run_log import read_log

@@ -78,7 +78,7 @@ def get_args_parser():
     g = p.add_argument_group("probes")
     g.add_argument("--knn_k", default=DEFAULT_K, type=int)
     g.add_argument("--knn_temperature", default=DEFAULT_TEMPERATURE, type=float)
-    g.add_argument("--lin_epochs", default=30, type=int)
+    g.add_argument("--lin_epochs", default=100, type=int)
     g.add_argument("--lin_blr", default=0.1, type=float, help="linear probe lr = blr * batch / 256")
     g.add_argument("--lin_batch_size", default=256, type=int)
     g.add_argument("--lin_optimizer", default="sgd", choices=OPTIMIZERS)

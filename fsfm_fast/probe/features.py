@@ -23,12 +23,10 @@ import numpy as np
 import torch
 from timm.data import create_transform
 from timm.models.vision_transformer import VisionTransformer
-from torch.utils.data import DataLoader
 
-from ..data.labelled import LabelledImages, Sample, collate_labelled
-from ..runtime.devices import autocast
-from ..runtime.distributed import DistInfo, gather_objects, gather_rows
-from ..runtime.signals import ignore_stop_signals, shutdown_workers, stop_signals_held
+from ..data.labelled import LabelledImages, Sample
+from ..evaluate import score_dataset
+from ..runtime.distributed import DistInfo
 from .encoders import Encoder
 
 POOLS = {"avg": "avg", "cls": "token"}  # our name -> timm's
@@ -61,35 +59,25 @@ class Features:
     from_cache: bool = False
 
 
-@torch.inference_mode()
+class PooledFeatures(torch.nn.Module):
+    """An encoder as a scorer whose outputs are its pooled features, so that evaluation's whole-set scoring
+    (disjoint shares per rank, gathered, unreadable images named) serves the probe unchanged."""
+
+    def __init__(self, model: torch.nn.Module, pool: str):
+        super().__init__()
+        self.model, self.pool = model, pool
+        self.num_classes = getattr(model, "head_hidden_size", None) or model.num_features  # the output width
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return pooled_features(self.model, images, self.pool)
+
+
 def extract(model: torch.nn.Module, dataset: LabelledImages, *, pool: str, batch_size: int, num_workers: int,
             device: torch.device, amp_dtype: torch.dtype | None, info: DistInfo = DistInfo()) -> Features:
     """Features of every sample; rank r reads samples r, r + world, ... (no padding), all ranks get all rows."""
-    share = list(range(info.rank, len(dataset), info.world_size))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=share, num_workers=num_workers,
-                        collate_fn=collate_labelled, pin_memory=device.type == "cuda",
-                        worker_init_fn=ignore_stop_signals, generator=torch.Generator())
-    rows, skipped = [], []
-    with stop_signals_held():  # data workers start here: see runtime.signals
-        batches = iter(loader)
-    try:
-        for batch in batches:
-            skipped += batch["skipped"]
-            if batch["images"].shape[0] == 0:
-                continue
-            with autocast(device, amp_dtype):
-                feats = pooled_features(model, batch["images"].to(device, non_blocking=True), pool)
-            index = batch["index"].to(device, non_blocking=True)
-            rows.append(torch.cat([index[:, None].double(), feats.double()], dim=1))
-    finally:
-        shutdown_workers(batches)
-    # a rank whose share held no readable image still joins the gather, with rows of the right width
-    width = 1 + (getattr(model, "head_hidden_size", None) or model.num_features)
-    table = gather_rows(torch.cat(rows) if rows else torch.zeros(0, width, dtype=torch.float64, device=device), info)
-    table = table.cpu().numpy()
-    table = table[np.argsort(table[:, 0], kind="stable")]
-    skipped = [item for part in gather_objects(skipped, info) for item in part]
-    return Features(table[:, 0].astype(np.int64), table[:, 1:].astype(np.float32), skipped)
+    scores = score_dataset(PooledFeatures(model, pool), dataset, batch_size=batch_size, num_workers=num_workers,
+                           device=device, amp_dtype=amp_dtype, info=info)
+    return Features(scores.index, scores.logits, scores.skipped)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,12 +24,12 @@ OPTIMIZERS = ("sgd", "lars")
 
 @dataclass
 class LinearSettings:
-    epochs: int = 30
+    epochs: int = 100
     blr: float = 0.1
     batch_size: int = 256
     optimizer: str = "sgd"
     weight_decay: float = 0.0
-    warmup_epochs: int = 2
+    warmup_epochs: int = 5
     seed: int = 0
 
 

@@ -21,12 +21,14 @@ def _fmt(x) -> str:
 
 def format_table(metrics: dict) -> str:
     """One row per (set, encoder)."""
-    lines = ["| set | encoder | classes | train / test | k-NN top-1 | linear acc | linear AUC |",
-             "|" + " --- |" * 7]
+    # chance: the accuracy of always calling the test set's most frequent class, the floor to beat
+    lines = ["| set | encoder | classes | train / test | chance | k-NN top-1 | linear acc | linear AUC |",
+             "|" + " --- |" * 8]
     for set_name, entry in metrics["sets"].items():
         for enc_name, m in entry["encoders"].items():
             lines.append(f"| {set_name} | {enc_name} | {len(entry['classes'])} | {m['n_train']} / {m['n_test']} | "
-                         f"{_fmt(m['knn_top1'])} | {_fmt(m['linear_acc'])} | {_fmt(m.get('linear_auc'))} |")
+                         f"{_fmt(m['chance'])} | {_fmt(m['knn_top1'])} | {_fmt(m['linear_acc'])} | "
+                         f"{_fmt(m.get('linear_auc'))} |")
     return "\n".join(lines)
 
 
