@@ -3,6 +3,9 @@ cache, the verb's synthetic default, and the pretraining health monitor (which m
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from fsfm_fast.data.identities import write_identity_benchmark
 from fsfm_fast.data.synthetic import write_synthetic_dataset
@@ -27,6 +31,7 @@ from fsfm_fast.pretrain.__main__ import main as pretrain_main
 from fsfm_fast.runtime import cli
 
 TINY = "fsfm_vit_tiny_patch16"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _clusters(rng, centres: np.ndarray, per_class: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +169,45 @@ def test_features_are_cached_and_a_changed_checkpoint_is_not_mistaken(tmp_path):
     assert not changed.from_cache and not np.allclose(changed.values, first.values)
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(probe_set.train[0].path)  # an image rewritten
     assert not features_of(load_encoder(str(ckpt)), probe_set.train, **kwargs).from_cache
+
+
+def test_two_processes_give_the_features_of_one(tmp_path):
+    """Each rank reads a disjoint share (5 images over 2 ranks: a ragged split) and the gathered features
+    come back in sample order, as one process computes them."""
+    data = _class_folders(tmp_path / "data", classes=("real", "fake", "fake_b"), per_class=2)
+    (data / "test" / "fake_b" / "v0_frame_0.png").unlink()  # 5 test images
+    ckpt = _tiny_state_dict(tmp_path / "enc.pth", 0)
+    argv = ["--checkpoint", f"enc={ckpt}", "--data", f"d={data}", "--lin_epochs", "2", "--num_workers", "0",
+            "--device", "cpu", "--batch_size", "2"]
+    assert probe_main(argv + ["--output_dir", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29700 + os.getpid() % 1000), "-m", "fsfm_fast.probe", *argv, "--output_dir", str(tmp_path / "two")]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    caches = {}  # per run: the train (6 rows) and test (5 rows) feature files
+    for run in ("one", "two"):
+        for path in (tmp_path / run / "feature_cache").glob("*.safetensors"):
+            t = load_file(str(path))
+            caches.setdefault(run, {})[len(t["index"])] = t
+    assert sorted(caches["one"]) == sorted(caches["two"]) == [5, 6]
+    for n in (5, 6):
+        assert torch.equal(caches["one"][n]["index"], caches["two"][n]["index"])
+        torch.testing.assert_close(caches["one"][n]["features"], caches["two"][n]["features"], rtol=1e-5, atol=1e-5)
+    one, two = (json.loads((tmp_path / run / "metrics.json").read_text())["sets"]["d"] for run in ("one", "two"))
+    assert one["encoders"]["enc"]["knn_top1"] == two["encoders"]["enc"]["knn_top1"]
+
+
+def test_online_and_target_encoders_of_a_pretraining_checkpoint(tmp_path):
+    _demo_pretraining(tmp_path)
+    path = CheckpointManager(tmp_path).latest()
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["target"]["blocks.0.mlp.fc1.weight"] += 1.0  # the EMA has moved away from the online weights
+    torch.save(ckpt, path)
+    online, target = load_encoder(str(path)), load_encoder(str(path), encoder="target")
+    assert online.fingerprint != target.fingerprint and online.mean == (0.5,) * 3
+    torch.testing.assert_close(target.model.state_dict()["blocks.0.mlp.fc1.weight"],
+                               ckpt["target"]["blocks.0.mlp.fc1.weight"])
 
 
 def test_identity_folders_are_classes_in_sorted_order(tmp_path):
