@@ -17,6 +17,7 @@ from timm.optim import param_groups_weight_decay
 from .. import ops
 from ..data.loaders import build_loader, cached_mean_std
 from ..data.synthetic import write_synthetic_dataset
+from ..data.identities import write_identity_benchmark
 from ..engine.checkpoint import plain_args
 from ..engine.schedules import cosine_lr, ema_momentum
 from ..engine.trainer import RunSettings, Task, whole_cycles
@@ -26,7 +27,6 @@ from ..formats import (IMAGENET_MEAN, IMAGENET_STD, MEAN_STD_FILE, PRETRAIN_FORM
 from ..models import TargetNetwork, create_online
 from ..probe.monitor import HealthMonitor
 from ..probe.sets import read_probe_set
-from ..data.identities import write_identity_benchmark
 from ..runtime.cli import UsageError
 from ..runtime.devices import fused, resolve_device
 from ..runtime.distributed import DistInfo, barrier
@@ -134,6 +134,10 @@ class Pretraining:
         return HealthMonitor(probe_set, args.input_size, *self.mean_std, device=self.device, amp_dtype=self.amp_dtype,
                              info=info)
 
+    def probe_interval(self) -> int:
+        """Iterations between the monitor's probes (the engine's validations); 0 without a monitor."""
+        return self.args.probe_every * self.data.iters_per_epoch if self.monitor is not None else 0
+
     def validate(self, model) -> dict[str, dict[str, float]]:
         # the only validation of a pretraining run: the monitor's probe, logged as val rows probe/...
         return {"probe": self.monitor({"online": self.online, "target": self.target})}
@@ -158,11 +162,11 @@ class Pretraining:
     def settings(self, log_dir: Path | None) -> RunSettings:
         args = self.args
         return RunSettings(output_dir=self.out_dir, stop_iter=self.stop_iter, device=self.device,
+                           eval_every=self.probe_interval(),
                            amp_dtype=self.amp_dtype, accum_iter=args.accum_iter, clip_grad=args.clip_grad,
                            save_every=args.save_every, keep_last=args.keep_last, max_nonfinite=args.max_nonfinite,
                            log_every=args.log_every, seed=args.seed, resume=args.resume, args=plain_args(args),
-                           log_dir=log_dir, compile=args.compile,
-                           eval_every=args.probe_every * self.data.iters_per_epoch if self.monitor is not None else 0)
+                           log_dir=log_dir, compile=args.compile)
 
     def lr_at(self, iteration: int) -> float:
         args = self.args
