@@ -113,7 +113,7 @@ def check_args(args) -> None:
         raise cli.UsageError("give --train and --test together")
     for spec in [s.partition("=")[2] or s for s in args.data] + [s for s in (args.train, args.test) if s]:
         for path in filter(None, (p.strip() for p in spec.split(","))):
-            if not Path(path).exists():
+            if not path.startswith("dfb:") and not Path(path).exists():  # dfb: specs are checked by their reader
                 raise cli.UsageError(f"dataset path {path} does not exist")
     for item in args.checkpoint:
         spec = item if Path(item).exists() else item.partition("=")[2] or item
