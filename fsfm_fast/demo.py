@@ -18,6 +18,7 @@ FINETUNE_DIR = "output_demo_finetune"  # python -m fsfm_fast.finetune; its detec
 FAS_DIR = "output_demo_fas"
 EXPORT_DIR = "output_demo_export"
 PREDICT_DIR = "output_demo_predict"
+PROBE_DIR = "output_demo_probe"  # python -m fsfm_fast.probe: the demo encoder against a random one
 FACES_DATA = "synthetic_faces"  # the data folders, inside each run's output folder
 FORGERY_DATA = "synthetic_forgeries"
 SPOOF_DATA = "synthetic_fas"

@@ -26,13 +26,23 @@ def plot_loss_curves(log_path: str | Path, out_png: str | Path) -> Path:
     plt = _pyplot()
     keys = [("loss", "total"), ("loss_rec_all", "reconstruction (all hidden)"),
             ("loss_rec_sfr", "reconstruction (covered region)"), ("loss_cl", "distillation")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
+    probes = [r for r in read_log(log_path, "val") if any(k.startswith("probe/") for k in r)]
+    fig, axes = plt.subplots(1, len(keys) + bool(probes), figsize=(4.2 * (len(keys) + bool(probes)), 3.4))
     steps = np.array([r["step"] for r in rows])
     for ax, (key, title) in zip(axes, keys):
         values = np.array([r.get(key, np.nan) for r in rows], dtype=float)
         ax.plot(steps, values, lw=1.2)
         ax.set_title(title)
         ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    if probes:  # the health monitor (--probe_data): k-NN top-1 of both encoders
+        ax = axes[-1]
+        for network in ("online", "target"):
+            key = f"probe/{network}_knn_top1"
+            ax.plot([r["step"] for r in probes], [r.get(key, np.nan) for r in probes], "o-", lw=1.2, label=network)
+        ax.set_title("health monitor: k-NN top-1")
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out_png = Path(out_png)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from ..engine.checkpoint import plain_args
@@ -55,9 +56,14 @@ def train(args: argparse.Namespace) -> dict:
     with process_group(device_type(args.device)) as info:
         trainer, run = build(args, info)
         announce(trainer, run)
+        start = time.perf_counter()
         summary = trainer.run()
+        run_seconds = time.perf_counter() - start
         summary = {k: summary[k] for k in ("iteration", "stopped_by_signal", "nonfinite_total", "skipped_images",
                                            "checkpoint")}
+        if run.monitor is not None:  # what the health monitor cost, for the user to weigh against --probe_every
+            trainer.log.message(run.monitor.summary(run_seconds))
+            summary.update(monitor_seconds=run.monitor.seconds, run_seconds=run_seconds)
         if info.is_main:
             if summary["stopped_by_signal"]:
                 trainer.log.message(f"stopped by signal at iteration {summary['iteration']}; continue with --resume auto")

@@ -92,6 +92,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="size of the embedded synthetic set used when no --data_path is given")
     flags.add_worker_flag(g, 8)
 
+    g = p.add_argument_group("health monitor")
+    g.add_argument("--probe_data", default=None, metavar="PATH",
+                   help="a small labelled set (train/ and test/ class folders, e.g. identities) on which a k-NN probe "
+                        "of the online and target encoders runs every --probe_every epochs (python -m "
+                        "fsfm_fast.probe); 'synthetic': held-out synthetic identities written into the output folder")
+    g.add_argument("--probe_every", default=1, type=int, help="epochs between health-monitor probes")
+
     g = p.add_argument_group("run")
     flags.add_run_flags(g, output_dir="output_pretrain", keep_last=3, save_every=1000)
     g.add_argument("--log_dir", default=None, help="TensorBoard/JSON log folder (default: output_dir)")
@@ -121,6 +128,8 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("min_lr", "weight_decay"):
         if not getattr(args, flag) >= 0:
             raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    if args.probe_every < 1:
+        raise UsageError(f"--probe_every must be >= 1, got {args.probe_every}")
     if not 0.0 < args.mask_ratio < 1.0:
         raise UsageError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
     if not 0.0 <= args.t_momentum <= 1.0:
@@ -143,5 +152,7 @@ def check_paths(args: argparse.Namespace) -> None:
     cli.ensure_writable_dir(args.output_dir, "--output_dir")
     if args.log_dir:
         cli.ensure_writable_dir(args.log_dir, "--log_dir")
+    if args.probe_data not in (None, "synthetic") and not Path(args.probe_data).exists():
+        raise UsageError(f"--probe_data {args.probe_data} does not exist")
     if args.resume and args.resume != "auto" and not Path(args.resume).is_file():
         raise UsageError(f"--resume {args.resume}: no such checkpoint file")

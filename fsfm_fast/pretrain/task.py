@@ -17,6 +17,7 @@ from timm.optim import param_groups_weight_decay
 from .. import ops
 from ..data.loaders import build_loader, cached_mean_std
 from ..data.synthetic import write_synthetic_dataset
+from ..data.identities import write_identity_benchmark
 from ..engine.checkpoint import plain_args
 from ..engine.schedules import cosine_lr, ema_momentum
 from ..engine.trainer import RunSettings, Task, whole_cycles
@@ -24,6 +25,8 @@ from ..demo import FACES_DATA
 from ..formats import (IMAGENET_MEAN, IMAGENET_STD, MEAN_STD_FILE, PRETRAIN_FORMAT, SELFCHECK_FILE,
                        load_state_dict_strict)
 from ..models import TargetNetwork, create_online
+from ..probe.monitor import HealthMonitor
+from ..probe.sets import read_probe_set
 from ..runtime.cli import UsageError
 from ..runtime.devices import fused, resolve_device
 from ..runtime.distributed import DistInfo, barrier
@@ -31,6 +34,7 @@ from ..runtime.distributed import DistInfo, barrier
 # What a checkpoint must agree on with the run that resumes it (anything else may change on resume).
 SAME_RUN_KEYS = ("model", "input_size", "rep_decoder_pos_embed")
 LOSSES = ("loss", "loss_rec_all", "loss_rec_sfr", "loss_cl")
+PROBE_IDENTITIES = "synthetic_identities"  # --probe_data synthetic writes them here, in the output folder
 
 
 def device_for(name: str, info: DistInfo) -> torch.device:
@@ -64,6 +68,7 @@ class Pretraining:
         self.out_dir = Path(args.output_dir)
         self._build_data(say)
         self._build_networks()
+        self.monitor = self._build_monitor()
         self.checked = self._selfcheck(say)
 
     def _build_data(self, say) -> None:
@@ -114,6 +119,29 @@ class Pretraining:
         # K is known without looking at a mask: every mask hides exactly int(ratio * L) patches.
         self.num_keep = num_patches - ops.reference.num_masked(args.mask_ratio, num_patches)
 
+    def _build_monitor(self) -> HealthMonitor | None:
+        """The k-NN health monitor of --probe_data, its images read once here (see probe.monitor)."""
+        args, info = self.args, self.info
+        if args.probe_data is None:
+            return None
+        spec = args.probe_data
+        if spec == "synthetic":
+            spec = str(self.out_dir / PROBE_IDENTITIES)
+            if info.is_main:
+                write_identity_benchmark(spec, seed=args.seed)
+            barrier(info)
+        probe_set = read_probe_set(Path(spec).name, spec, spec)
+        return HealthMonitor(probe_set, args.input_size, *self.mean_std, device=self.device, amp_dtype=self.amp_dtype,
+                             info=info)
+
+    def probe_interval(self) -> int:
+        """Iterations between the monitor's probes (the engine's validations); 0 without a monitor."""
+        return self.args.probe_every * self.data.iters_per_epoch if self.monitor is not None else 0
+
+    def validate(self, model) -> dict[str, dict[str, float]]:
+        # the only validation of a pretraining run: the monitor's probe, logged as val rows probe/...
+        return {"probe": self.monitor({"online": self.online, "target": self.target})}
+
     def _selfcheck(self, say) -> dict:
         """Every compiled and Triton op this run uses, run once against the reference (see
         ops.selfcheck); the outcome goes to selfcheck.json."""
@@ -129,11 +157,12 @@ class Pretraining:
     def task(self) -> Task:
         return Task(model=self.online, optimizer=self.optimizer, data=self.data, loss=self.loss, lr_at=self.lr_at,
                     record=self.record, restore=self.restore, loss_names=LOSSES, after_step=self.after_step,
-                    log_extra=self.log_extra)
+                    log_extra=self.log_extra, validate=self.validate if self.monitor is not None else None)
 
     def settings(self, log_dir: Path | None) -> RunSettings:
         args = self.args
         return RunSettings(output_dir=self.out_dir, stop_iter=self.stop_iter, device=self.device,
+                           eval_every=self.probe_interval(),
                            amp_dtype=self.amp_dtype, accum_iter=args.accum_iter, clip_grad=args.clip_grad,
                            save_every=args.save_every, keep_last=args.keep_last, max_nonfinite=args.max_nonfinite,
                            log_every=args.log_every, seed=args.seed, resume=args.resume, args=plain_args(args),
