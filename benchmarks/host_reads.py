@@ -50,12 +50,14 @@ def _step_owner():
         trainer = importlib.import_module("fsfm_fast.engine.trainer")
         if hasattr(trainer, "Trainer"):
             return {"all": (trainer.Trainer, "train_step")}
-        owners = {"finetune": (trainer.FinetuneEngine, "_iteration"), "finetune_fas": (trainer.FinetuneEngine, "_iteration")}
+        loop = (trainer.FinetuneEngine, "_iteration")
+        owners = {"finetune": loop, "finetune_fas": loop}
         owners["pretrain"] = (importlib.import_module("fsfm_fast.pretrain.task").Pretrainer, "train_step")
         return owners
     except ModuleNotFoundError:  # the flat layout
         engine = importlib.import_module("fsfm_fast.finetune_engine")
-        return {"finetune": (engine.FinetuneEngine, "_iteration"), "finetune_fas": (engine.FinetuneEngine, "_iteration"),
+        loop = (engine.FinetuneEngine, "_iteration")
+        return {"finetune": loop, "finetune_fas": loop,
                 "pretrain": (importlib.import_module("fsfm_fast.pretrain").Pretrainer, "train_step")}
 
 

@@ -26,7 +26,8 @@ SPOOF_DATA = "synthetic_fas"
 
 def parse_with_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                         is_demo: Callable[[argparse.Namespace], bool], demo_defaults: dict,
-                        recipes: Sequence[tuple[Callable[[argparse.Namespace], bool], dict]] = ()) -> argparse.Namespace:
+                        recipes: Sequence[tuple[Callable[[argparse.Namespace], bool], dict]] = (),
+                        ) -> argparse.Namespace:
     """``argv`` parsed with ``demo_defaults`` when ``is_demo(args)``, then each recipe's defaults whose test
     holds (later ones win); a flag the user gave keeps its value, since a parser's defaults only fill the
     flags that are absent. ``args.demo`` says whether the demo's applied."""

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..formats import mean_std_record, write_mean_std
 from ..runtime.cli import UsageError
 from ..runtime.signals import ignore_stop_signals
-from .dali import DaliLoader, dali_available  # the module imports DALI itself only when a pipeline is built
+from . import dali  # the module imports DALI itself, only when asked whether it is there or to build a pipeline
 from .faces import collate_faces, sample_key
 from .folder import FaceParsingFolder, compute_mean_std, pixel_mean_std
 from .labelled import collate_labelled
@@ -195,7 +195,7 @@ def _choose(loader: str, folders: list[Path], shards: list[Path]) -> str:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
     if loader == "torch" or (loader == "auto" and (folders or not shards)):
         return "torch"  # decided without importing DALI, which alone takes about 2 s
-    ok, why = dali_available()
+    ok, why = dali.dali_available()
     if loader == "dali":
         if folders:
             raise ValueError(f"--loader dali reads shard folders only; {[str(f) for f in folders]} are "
@@ -229,12 +229,12 @@ def build_loader(paths, mean, std, *, input_size: int, batch_size: int, augment:
     dataset = face_dataset(folders + shards, input_size, mean, std, augment=augment, seed=seed)
     if chosen == "dali":
         device_id = (device.index or 0) if device.type == "cuda" else None
-        dali = DaliLoader(shards, mean, std, input_size=input_size, batch_size=batch_size, augment=augment, seed=seed,
-                          rank=rank, world_size=world_size, device_id=device_id, num_threads=max(num_workers, 1),
-                          drop_last=drop_last, shuffle=shuffle, dtype=dtype)
+        pipeline = dali.DaliLoader(shards, mean, std, input_size=input_size, batch_size=batch_size, augment=augment,
+                                   seed=seed, rank=rank, world_size=world_size, device_id=device_id,
+                                   num_threads=max(num_workers, 1), drop_last=drop_last, shuffle=shuffle, dtype=dtype)
         where = f"GPU decode on {device}" if device.type == "cuda" else "CPU pipeline"
-        return TrainData(dataset, dali, dali, f"dali ({where}, {dali.num_threads} threads)",
-                         dali.full_batches() if drop_last else dali.epoch_batches(), batch_size)
+        return TrainData(dataset, pipeline, pipeline, f"dali ({where}, {pipeline.num_threads} threads)",
+                         pipeline.full_batches() if drop_last else pipeline.epoch_batches(), batch_size)
     sampler = EpochSampler(len(dataset), num_replicas=world_size, rank=rank, seed=seed, shuffle=shuffle,
                            drop_last=drop_last, batch_size=batch_size if drop_last else None)
     on_device = decode == "device" or (decode == "auto" and _nvjpeg_ready(dataset, device))
@@ -273,7 +273,8 @@ def labelled_train_data(dataset: Dataset, *, batch_size: int, num_workers: int, 
                                drop_last=True, batch_size=batch_size)
         batching, kind = {"batch_size": batch_size, "sampler": sampler, "drop_last": True}, "labelled images"
     else:
-        sampler = BalancedBatchSampler(groups, batch_size, iters_per_epoch, num_replicas=world_size, rank=rank, seed=seed)
+        sampler = BalancedBatchSampler(groups, batch_size, iters_per_epoch, num_replicas=world_size, rank=rank,
+                                       seed=seed)
         batching, kind, batch_size = {"batch_sampler": sampler}, "balanced (domain, class) batches", sampler.batch_size
     # Its own generator: starting an epoch must not draw from the global stream that drop path uses,
     # or a resumed run would diverge. The samples are augmented from per-sample seeds.

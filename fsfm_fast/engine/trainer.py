@@ -115,7 +115,6 @@ class RunSettings:
     seed: int = 0
     resume: str = ""  # "", a path, or "auto"
     args: dict = field(default_factory=dict)  # the run's flags, stored in checkpoints and args.json
-    log_dir: Path | None = None
     compile: str = "none"  # torch.compile mode of the model; "reduce-overhead" also captures CUDA graphs
 
     def __post_init__(self):
@@ -137,7 +136,8 @@ class EngineState:
 
 
 def open_run(output_dir: Path, *, keep_last: int, resume: str, args: dict, info: DistInfo, say,
-             same_run: tuple[str, ...] = (), required: tuple[str, ...] = ("iteration", "optimizer", "rng", "engine_state")
+             same_run: tuple[str, ...] = (),
+             required: tuple[str, ...] = ("iteration", "optimizer", "rng", "engine_state"),
              ) -> tuple[CheckpointManager, tuple[Path, dict] | None]:
     """The run's checkpoint folder, cleared of temporary files an interrupted save left, and the
     checkpoint ``resume`` names, loaded and checked (``same_run``: flags it must share with this run)

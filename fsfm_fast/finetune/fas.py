@@ -386,7 +386,9 @@ def run_seed(args, seed: int, data: FASData, info: DistInfo, device, amp_dtype) 
         validate=validator(checks, batch_size=args.eval_batch_size, num_workers=args.num_workers, device=device,
                            amp_dtype=amp_dtype, info=info, metrics=selection_metrics),
         selections=[honest, oracle], lr_at=lambda it: args.lr, record=record, restore=restore)
-    stop_iter = min(args.iterations, whole_cycles(args.max_steps, args.accum_iter)) if args.max_steps else args.iterations
+    stop_iter = args.iterations
+    if args.max_steps:
+        stop_iter = min(stop_iter, whole_cycles(args.max_steps, args.accum_iter))
     settings = RunSettings(output_dir=out_dir, stop_iter=stop_iter, eval_every=args.eval_every, device=device,
                            amp_dtype=amp_dtype, accum_iter=args.accum_iter, clip_grad=args.clip_grad,
                            save_every=args.save_every, keep_last=args.keep_last, max_nonfinite=args.max_nonfinite,

@@ -32,7 +32,7 @@ def build(args: argparse.Namespace, info: DistInfo) -> tuple[Trainer, Pretrainin
                                 required=("model", "target", "optimizer", "iteration", "rng", "engine_state"))
     run = Pretraining(args, info, device, amp_dtype, say)
     log = RunLog(args.log_dir or run.out_dir, enabled=info.is_main, total=run.stop_iter)
-    trainer = Trainer(run.task(), run.settings(Path(args.log_dir) if args.log_dir else None), info, log, manager, resumed)
+    trainer = Trainer(run.task(), run.settings(), info, log, manager, resumed)
     return trainer, run
 
 
@@ -66,7 +66,8 @@ def train(args: argparse.Namespace) -> dict:
             summary.update(monitor_seconds=run.monitor.seconds, run_seconds=run_seconds)
         if info.is_main:
             if summary["stopped_by_signal"]:
-                trainer.log.message(f"stopped by signal at iteration {summary['iteration']}; continue with --resume auto")
+                trainer.log.message(f"stopped by signal at iteration {summary['iteration']}; "
+                                    "continue with --resume auto")
             elif summary["iteration"] > 0:
                 final_pictures(args, run.online, run.data.dataset, run.device, run.mean_std, run.out_dir, trainer.log)
             (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -159,14 +159,14 @@ class Pretraining:
                     record=self.record, restore=self.restore, loss_names=LOSSES, after_step=self.after_step,
                     log_extra=self.log_extra, validate=self.validate if self.monitor is not None else None)
 
-    def settings(self, log_dir: Path | None) -> RunSettings:
+    def settings(self) -> RunSettings:
         args = self.args
         return RunSettings(output_dir=self.out_dir, stop_iter=self.stop_iter, device=self.device,
                            eval_every=self.probe_interval(),
                            amp_dtype=self.amp_dtype, accum_iter=args.accum_iter, clip_grad=args.clip_grad,
                            save_every=args.save_every, keep_last=args.keep_last, max_nonfinite=args.max_nonfinite,
                            log_every=args.log_every, seed=args.seed, resume=args.resume, args=plain_args(args),
-                           log_dir=log_dir, compile=args.compile)
+                           compile=args.compile)
 
     def lr_at(self, iteration: int) -> float:
         args = self.args
