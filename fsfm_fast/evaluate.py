@@ -34,17 +34,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import roc_curve
-from timm.data import create_transform
 from torch.utils.data import DataLoader
 
 from .runtime import cli, flags
 from .demo import demo_evaluation
-from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map, samples_from
+from .data.labelled import LabelledImages, collate_labelled, samples_from
+from .data.samples import Sample, parse_class_map
 from .runtime.devices import autocast, autocast_dtype, device_type, resolve_device
 from .runtime.distributed import DistInfo, barrier, gather_objects, gather_rows, process_group
 from .inference import positive_probability
 from .metrics import METRIC_KEYS, frame_metrics, video_metrics
-from .models.detector import DetectorConfig, load_detector
+from .models.detector import eval_transform
+from .models.loading import load_detector
+from .scorer import load_scorer
 from .onnx_runtime import RUNTIMES, choose_runtime
 from .runtime.signals import ignore_stop_signals, shutdown_workers, stop_signals_held
 
@@ -53,14 +55,6 @@ TEST_SPLIT = "test"
 
 # ----------------------------------------------------------------------------------------------
 # scoring
-
-
-def eval_transform(config: DetectorConfig, resize: str | None = None):
-    """``crop``: resize the shorter side to img_size / crop_pct (256 for 224), centre crop img_size;
-    ``plain``: resize the whole image to img_size x img_size. Bicubic, then the detector's mean/std."""
-    crop_pct, crop_mode = config.eval_crop(resize)
-    return create_transform(config.img_size, is_training=False, interpolation="bicubic", crop_pct=crop_pct,
-                            crop_mode=crop_mode, mean=tuple(config.mean), std=tuple(config.std))
 
 
 @dataclass
@@ -250,7 +244,6 @@ class Detector:
 def load_evaluated(checkpoint: str | Path, eval_resize: str | None, runtime: str = "torch") -> Detector:
     """A detector checkpoint, or an export folder through ``runtime`` (torch or onnx)."""
     if Path(checkpoint).is_dir():
-        from .predict import load_scorer  # the one reader of export folders
         scorer = load_scorer(str(checkpoint), runtime, eval_resize)
         record = scorer.record
         selection = {"description": record["selection"]} if record.get("selection") else {}

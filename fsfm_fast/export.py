@@ -54,7 +54,8 @@ from .inference import Contract, derive_positive
 from .models import MODEL_CONFIGS, create_online, create_target
 from .formats import (ADAPTER_FORMAT, DETECTOR_FORMAT, IMAGENET_MEAN, IMAGENET_STD, PRETRAIN_FORMAT, CheckpointError,
                       find_mean_std, read_mean_std, read_timm_config, read_weights, selected_checkpoint, state_mismatch)
-from .models.detector import _recorded_model, detector_from_checkpoint
+from .models.detector import _recorded_model
+from .models.loading import detector_from_checkpoint
 from .models.heads import recorded_head
 from .models.timm_models import EVAL_CROP_PCT, HEAD_ARGS, TIMM_ARCHITECTURES, architecture_args, weights_grid, weights_pooling
 

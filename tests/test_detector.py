@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from fsfm_fast.formats import CheckpointError
 from fsfm_fast.runtime.cli import UsageError
-from fsfm_fast.data.labelled import (FAKE, REAL, LabelledImages, collate_labelled, folder_label, parse_class_map,
-                                     read_split_file, samples_from)
+from fsfm_fast.data.labelled import LabelledImages, collate_labelled, read_split_file, samples_from
+from fsfm_fast.data.samples import FAKE, REAL, folder_label, parse_class_map
 from fsfm_fast.models import (DETECTOR_FORMAT, DetectorConfig, create_detector, create_online, load_detector,
                               load_pretrained_encoder)
 from fsfm_fast.formats import MEAN_STD_FILE

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from fsfm_fast import export, predict
+from fsfm_fast.scorer import load_scorer
 from fsfm_fast.runtime import cli
 from fsfm_fast.formats import safe_load
 from fsfm_fast.models import DETECTOR_FORMAT, DetectorConfig, create_online
@@ -418,7 +419,7 @@ def test_predict_scores_anti_spoofing_detectors_with_their_recorded_threshold(fa
                                                                               via, tmp_path, capsys):
     """A FAS-head detector and an FS-Adapter checkpoint (the two fixture parameters), each as its checkpoint
     and as its export: P(attack) of each crop, named so, called at the threshold the detector records."""
-    from fsfm_fast.evaluate import eval_transform
+    from fsfm_fast.models.detector import eval_transform
     path, model, config = fas_checkpoint
     if via == "export":
         record = json.loads((fas_export / "config.json").read_text())
@@ -483,11 +484,11 @@ def test_an_export_older_than_the_contract_keeps_its_pooled_fas_head(fas_checkpo
     for key in ("positive_class", "score", "threshold_source"):
         del config["fsfm_fast"][key]
     (old / "config.json").write_text(json.dumps(config))
-    scorer = predict.load_scorer(str(old))
+    scorer = load_scorer(str(old))
     assert isinstance(scorer.model.head, FASHead) and scorer.model.head.pooled
     assert scorer.contract.positive_class == "attack" and scorer.contract.threshold == 0.45
     assert scorer.contract.threshold_source == "recorded in the export"
-    assert not predict.load_scorer(str(fas_export)).model.head.pooled
+    assert not load_scorer(str(fas_export)).model.head.pooled
     again = tmp_path / "again"  # exported again: still the pooled head, now named so
     assert _cli(export.main, "--checkpoint", old, "--output_dir", again) == 0
     assert json.loads((again / "config.json").read_text())["model_args"]["head"] == "fas_pooled"

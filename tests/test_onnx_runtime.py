@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from fsfm_fast import evaluate, export, predict
+from fsfm_fast.scorer import export_transform
 from fsfm_fast.models import DETECTOR_FORMAT, DetectorConfig
 from fsfm_fast.onnx_runtime import OnnxModel, choose_runtime
 from fsfm_fast.runtime import cli
@@ -76,7 +77,7 @@ def test_predict_onnx_equals_torch_within_the_export_tolerance(exports, tmp_path
     # The logits agree within atol + rtol * |logit|; a two-class softmax moves at most half as much.
     atol, rtol = _tolerance(exports["onnx"])
     model = OnnxModel(exports["onnx"] / "model.onnx", 2)
-    transform = predict.export_transform(json.loads((exports["onnx"] / "config.json").read_text())["pretrained_cfg"])
+    transform = export_transform(json.loads((exports["onnx"] / "config.json").read_text())["pretrained_cfg"])
     x = torch.stack([transform(Image.open(p).convert("RGB")) for p in sorted(exports["faces"].rglob("*.png"))])
     bound = atol + rtol * float(model(x).abs().max())
     assert np.abs(a - b).max() <= bound < 0.01

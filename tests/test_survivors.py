@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fsfm_fast.engine import checkpoint
-from fsfm_fast.data.labelled import FAKE, REAL, folder_label
+from fsfm_fast.data.samples import FAKE, REAL, folder_label
 from fsfm_fast.prepare.faces import Box, box_in_crop, crop_region, implied_box
 from fsfm_fast.engine.schedules import ema_momentum
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtime.cli import UsageError
-from .labelled import FAKE, REAL, Sample, folder_label
+from .samples import FAKE, REAL, Sample, folder_label
 
 PREFIX = "dfb:"
 TRAIN = "train"

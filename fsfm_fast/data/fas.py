@@ -22,7 +22,8 @@ import torch
 from torchvision import transforms
 
 from ..runtime.cli import UsageError
-from .labelled import LABEL_NAMES, Sample, samples_from
+from .labelled import samples_from
+from .samples import LABEL_NAMES, Sample
 
 VAL_SPLIT_FILE = "val_split.txt"
 

@@ -6,8 +6,8 @@ class folder (``<class folder>/<video>/<frame>.png``).
 
 Labels are binary and fake = 1 is the positive class (SPEC section 7). A class folder's label comes
 from its name by rule, never from its position in alphabetical order: real names are ``real*``,
-``*_real``, ``*-real``, ``youtube*`` and ``original*``; fake names are listed below (``fake*``,
-``*_fake``, the FaceForensics++ methods, Celeb-DF's ``*synthesis*``, ...). Any other folder is an
+``*_real``, ``*-real``, ``youtube*`` and ``original*``; fake names are (``fake*``,
+``*_fake``, the FaceForensics++ methods, Celeb-DF's ``*synthesis*``, ...; ``data/samples.py``). Any other folder is an
 error that names it, unless the user maps it (``--class_map NAME=real|fake``).
 
 A video's frames are grouped by the file name before ``_frame_``, or by the folder holding them when
@@ -16,10 +16,8 @@ FaceForensics++ gives a real video and its fakes the same file names.
 """
 from __future__ import annotations
 
-import fnmatch
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,59 +27,11 @@ from torch.utils.data import Dataset
 
 from ..runtime.cli import UsageError
 from .faces import sample_key
+from . import deepfakebench
 from .labels import FRAME_MARK, SPLITS
+from .samples import LABEL_NAMES, Sample, folder_label, parse_label
 
-REAL, FAKE = 0, 1
-LABEL_NAMES = ("real", "fake")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-REAL_PATTERNS = ("real*", "*_real", "*-real", "youtube*", "original*")
-FAKE_PATTERNS = ("fake*", "*_fake", "*-fake", "deepfakes", "deepfakedetection", "face2face", "faceswap",
-                 "neuraltextures", "faceshifter", "*synthesis*", "manipulated*", "spoof*", "attack*")
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: str
-    label: int  # 0 real, 1 fake
-    video: str  # "<class folder>/<video>", unique within a dataset
-    cls: str  # the class folder's name (or the label's name for split files)
-
-
-def parse_label(value: str, what: str) -> int:
-    """``real``/``fake``/``0``/``1`` -> 0/1."""
-    v = value.strip().lower()
-    if v in ("real", "0"):
-        return REAL
-    if v in ("fake", "1"):
-        return FAKE
-    raise UsageError(f"{what}: label must be real, fake, 0 or 1, got {value!r}")
-
-
-def parse_class_map(items: list[str] | None) -> dict[str, int]:
-    """``["fake_four=fake,pristine=real", ...]`` -> {folder name (lower case): label}."""
-    mapping = {}
-    for item in items or []:
-        for pair in filter(None, (p.strip() for p in item.split(","))):
-            name, sep, label = pair.partition("=")
-            if not sep or not name.strip():
-                raise UsageError(f"--class_map takes NAME=real or NAME=fake pairs, got {pair!r}")
-            mapping[name.strip().lower()] = parse_label(label, f"--class_map {pair}")
-    return mapping
-
-
-def folder_label(name: str, class_map: dict[str, int] | None = None, where: str | Path = "") -> int:
-    """The label of a class folder by the naming rule; an explicit ``class_map`` entry wins."""
-    key = name.lower()
-    if class_map and key in class_map:
-        return class_map[key]
-    if any(fnmatch.fnmatchcase(key, p) for p in REAL_PATTERNS):
-        return REAL
-    if any(fnmatch.fnmatchcase(key, p) for p in FAKE_PATTERNS):
-        return FAKE
-    place = f" in {where}" if where else ""
-    raise UsageError(
-        f"class folder {name!r}{place} is neither a real name ({', '.join(REAL_PATTERNS)}) nor a known fake "
-        f"name ({', '.join(FAKE_PATTERNS)}): label it with --class_map {name}=real or --class_map {name}=fake")
 
 
 def video_of(path: Path, class_dir: Path | None) -> str:
@@ -154,7 +104,6 @@ def samples_from(spec: str, split: str, class_map: dict[str, int] | None = None)
     folder, a folder of class folders, a split file, or a DeepfakeBench dataset JSON
     (``dfb:JSON[:SPLIT[:COMPRESSION[:METHODS[:ROOT]]]]``, ``data/deepfakebench.py``). Videos of different
     paths never merge."""
-    from . import deepfakebench  # here, not at the top: it builds on this module's Sample and naming rule
     paths = [p.strip() for p in spec.split(",") if p.strip()]
     if not paths:
         raise UsageError(f"empty dataset path {spec!r}")

@@ -29,16 +29,17 @@ from timm.optim import param_groups_layer_decay
 
 from .. import demo
 from ..data.forgery import write_forgery_benchmark
-from ..data.labelled import LabelledImages, Sample, count_labels, parse_class_map, read_split_file, samples_from
+from ..data.labelled import LabelledImages, count_labels, read_split_file, samples_from
+from ..data.samples import Sample, parse_class_map
 from ..data.loaders import labelled_train_data
 from ..engine.checkpoint import plain_args
 from ..engine.run_log import RunLog
 from ..engine.schedules import cosine_lr
 from ..engine.trainer import RunSettings, Selection, Task, Trainer, open_run, whole_cycles, write_json
-from ..evaluate import eval_transform, parse_tests, run_evaluation
+from ..evaluate import parse_tests, run_evaluation
 from ..formats import BEST
 from ..models import list_models
-from ..models.detector import DetectorConfig
+from ..models.detector import DetectorConfig, eval_transform
 from ..runtime import cli, flags
 from ..runtime.devices import device_type, fused
 from ..runtime.distributed import DistInfo, barrier, process_group

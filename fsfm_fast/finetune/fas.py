@@ -55,17 +55,18 @@ import torch
 
 from .. import demo
 from ..data.fas import VAL_SPLIT_FILE, FASData, fas_train_transform, load_fas_data, write_split
-from ..data.labelled import LabelledImages, Sample, parse_class_map
+from ..data.labelled import LabelledImages
+from ..data.samples import Sample, parse_class_map
 from ..data.loaders import labelled_train_data
 from ..data.spoof import DEFAULT_TARGET, DOMAINS, write_spoof_benchmark
 from ..engine.checkpoint import plain_args, save_atomic
 from ..engine.run_log import RunLog
 from ..engine.trainer import RunSettings, Selection, Task, Trainer, open_run, whole_cycles
-from ..evaluate import Scores, eval_transform, parse_tests, score_dataset
+from ..evaluate import Scores, parse_tests, score_dataset
 from ..formats import safe_load
 from ..metrics import THRESHOLD_RULES, fas_levels
 from ..models import list_models
-from ..models.detector import DetectorConfig, detector_config
+from ..models.detector import DetectorConfig, detector_config, eval_transform
 from ..models.heads import HEADS
 from ..runtime import cli, flags
 from ..runtime.devices import device_type, fused

@@ -32,9 +32,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from fsfm_fast.formats import CheckpointError, load_state_dict_strict, safe_load
-from fsfm_fast.models.detector import (ADAPTER_FORMAT, DetectorConfig, PretrainedEncoder, detector_config,
-                                       load_pretrained_encoder)
+from fsfm_fast.formats import ADAPTER_FORMAT, CheckpointError, load_state_dict_strict, safe_load
+from fsfm_fast.models.detector import DetectorConfig, PretrainedEncoder, detector_config, load_pretrained_encoder
 
 TRAINED_PREFIX = "head."  # everything the adapter variant trains lives under the detector's head
 BASE_TEMPERATURE = 0.07  # supervised-contrastive convention: the loss is scaled by temperature / 0.07

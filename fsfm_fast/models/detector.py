@@ -19,7 +19,6 @@ its frozen encoder file; ``load_detector`` reads both kinds.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -27,16 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
-from timm.layers import resample_abs_pos_embed
+from timm.data import create_transform
 from timm.models.vision_transformer import VisionTransformer
-from torch import nn
 
-from fsfm_fast.formats import (ADAPTER_FORMAT, DETECTOR_FORMAT, IMAGENET_MEAN, IMAGENET_STD,
-                               CheckpointError, find_mean_std, load_state_dict_strict, preview, read_weights, safe_load)
+from fsfm_fast.formats import IMAGENET_MEAN, IMAGENET_STD, CheckpointError, find_mean_std, read_weights
 from fsfm_fast.inference import Contract, check as check_contract, derive_positive, score_name
 from fsfm_fast.models import timm_models  # noqa: F401  (registers the FSFM names with timm)
 from fsfm_fast.models.configs import get_config
+from fsfm_fast.models.encoder_weights import fit_weights, head_keys, refuse_misfit
 from fsfm_fast.models.heads import ADAPTERS, HEADS, build_head, recorded_head
 
 POOLINGS = {"avg": "avg", "cls": "token"}  # our name -> timm's
@@ -64,11 +61,6 @@ def create_detector(name: str, num_classes: int = 2, img_size: int = 224, global
     return model
 
 
-def head_keys(model: nn.Module) -> list[str]:
-    """The keys a pretrained encoder does not provide: the head, and ``fc_norm`` under avg pooling."""
-    return [k for k in model.state_dict() if k.startswith(("head.", "fc_norm."))]
-
-
 # ----------------------------------------------------------------------------------------------
 # pretrained encoders
 
@@ -91,51 +83,6 @@ def _recorded_model(obj: dict) -> str | None:
     args = obj.get("args")
     value = args.get("model") if isinstance(args, Mapping) else getattr(args, "model", None)
     return value if isinstance(value, str) else None
-
-
-def _resampled_pos_embed(src: torch.Tensor, model: VisionTransformer) -> tuple[torch.Tensor, tuple[int, int]] | None:
-    """``src`` [1, 1+L, D] resampled to the model's patch grid (bicubic, cls slot kept), or None if it
-    cannot be (another width, or not a square grid)."""
-    dst = model.pos_embed
-    side = math.isqrt(src.shape[1] - 1)
-    if src.dim() != 3 or src.shape[-1] != dst.shape[-1] or side * side != src.shape[1] - 1:
-        return None
-    out = resample_abs_pos_embed(src.float(), new_size=list(model.patch_embed.grid_size),
-                                 old_size=[side, side], num_prefix_tokens=1)
-    return out.to(dst.dtype), (side, side)
-
-
-def fit_weights(model: VisionTransformer, state: Mapping[str, Any], keys: list[str]
-                ) -> tuple[dict[str, torch.Tensor], list[str], list[str], tuple[int, int] | None]:
-    """The tensors of ``state`` for the ``keys`` of ``model``, the position embedding resampled to the
-    model's patch grid: (selected, keys absent from ``state``, keys of another type or shape, described,
-    the grid the position embedding was resampled from or None)."""
-    target = model.state_dict()
-    selected, absent, wrong, resampled = {}, [], [], None
-    for key in keys:
-        if key not in state:
-            absent.append(key)
-            continue
-        value = state[key]
-        if not isinstance(value, torch.Tensor):
-            wrong.append(f"{key} ({type(value).__name__})")
-            continue
-        if key == "pos_embed" and value.shape != target[key].shape:
-            found = _resampled_pos_embed(value, model)
-            if found is not None:
-                value, resampled = found
-        if value.shape != target[key].shape:
-            wrong.append(f"{key} {list(value.shape)} (model {list(target[key].shape)})")
-            continue
-        selected[key] = value
-    return selected, absent, wrong, resampled
-
-
-def refuse_misfit(what: str, absent: list[str], wrong: list[str]) -> None:
-    """A CheckpointError ``what``, listing the absent and misshapen keys, when there are any."""
-    if absent or wrong:
-        raise CheckpointError("; ".join([what] + ([f"missing encoder keys: {preview(absent)}"] if absent else [])
-                                        + ([f"wrong shapes: {preview(wrong)}"] if wrong else [])))
 
 
 def load_pretrained_encoder(model: VisionTransformer, path: str | os.PathLike) -> PretrainedEncoder:
@@ -243,36 +190,17 @@ class DetectorConfig:
         return cls(**known)
 
 
-def load_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                  encoder: str | os.PathLike | None = None) -> tuple[VisionTransformer, DetectorConfig, dict]:
-    """(model with its trained weights, its config, the whole checkpoint) from a detector checkpoint:
-    a whole detector (``DETECTOR_FORMAT``), or an FS-Adapter's trained parts (``ADAPTER_FORMAT``), whose
-    frozen encoder is read from the file it references (or from ``encoder``, when that file moved) and
-    checked against the recorded checksum (``models.adapter.load_adapter_detector``)."""
-    ckpt = safe_load(path, map_location=map_location)
-    model, config = detector_from_checkpoint(ckpt, path, encoder)
-    return model, config, ckpt
-
-
-def detector_from_checkpoint(ckpt: dict, path: str | os.PathLike, encoder: str | os.PathLike | None = None
-                             ) -> tuple[VisionTransformer, DetectorConfig]:
-    """The detector and its config from an already loaded detector checkpoint (``path`` names it in errors)."""
-    if ckpt.get("format") == ADAPTER_FORMAT:
-        from fsfm_fast.models.adapter import load_adapter_detector  # the adapter module builds on this one
-        model, config, _ = load_adapter_detector(path, ckpt, encoder)
-        return model, config
-    if ckpt.get("format") != DETECTOR_FORMAT or "detector" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(f"{path} is not a fsfm_fast detector checkpoint (format {ckpt.get('format')!r}); "
-                              "make one with python -m fsfm_fast.finetune")
-    config = detector_config(ckpt, path)
-    model = config.build()
-    load_state_dict_strict(model, ckpt["model"], path, "detector")
-    return model, config
-
-
 def detector_config(ckpt: Mapping, path: str | os.PathLike) -> DetectorConfig:
     """The ``DetectorConfig`` a detector checkpoint records."""
     try:
         return DetectorConfig.from_dict(ckpt["detector"])
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise CheckpointError(f"{path}: its detector record is not usable ({exc})") from None
+
+
+def eval_transform(config: DetectorConfig, resize: str | None = None):
+    """``crop``: resize the shorter side to img_size / crop_pct (256 for 224), centre crop img_size;
+    ``plain``: resize the whole image to img_size x img_size. Bicubic, then the detector's mean/std."""
+    crop_pct, crop_mode = config.eval_crop(resize)
+    return create_transform(config.img_size, is_training=False, interpolation="bicubic", crop_pct=crop_pct,
+                            crop_mode=crop_mode, mean=tuple(config.mean), std=tuple(config.std))

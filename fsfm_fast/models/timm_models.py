@@ -38,6 +38,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from fsfm_fast.formats import IMAGENET_MEAN, IMAGENET_STD, find_mean_std, read_weights
 from fsfm_fast.models.configs import MODEL_CONFIGS, get_config
+from fsfm_fast.models.encoder_weights import fit_weights, head_keys, refuse_misfit
 from fsfm_fast.models.heads import build_head
 
 # Detector heads other than timm's linear one (models.heads): a registered name takes these arguments, so
@@ -154,7 +155,6 @@ def weights_grid(state: dict[str, Any]) -> int | None:
 def fit_to_model(state: dict[str, Any], model: VisionTransformer) -> dict[str, Any]:
     """timm's ``pretrained_filter_fn``: the state_dict ``model`` loads strictly, by the encoder rules of
     ``load_pretrained_encoder``; raises a CheckpointError naming the encoder keys that are absent or misshapen."""
-    from fsfm_fast.models.detector import fit_weights, head_keys, refuse_misfit
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     head = head_keys(model)

@@ -24,6 +24,7 @@ from ..runtime import cli
 from ..runtime.signals import StopSignal
 from .faces import CROP_SCALE, CROP_SIZE, DEFAULT_UPSAMPLE, DETECTORS
 from .inputs import IMAGE, MANIFEST, VIDEO, Input, scan
+from .model_files import CNN_DETECTOR_MODEL, LANDMARK_MODEL, model_path
 from .runner import PARSERS, Plan, run
 from .splits import official_split, random_split, read_ffpp_splits, video_id
 
@@ -111,10 +112,8 @@ def check_dependencies(args) -> None:
             __import__(module)
         except ImportError:
             raise cli.UsageError(f"{package} is not installed: pip install 'fsfm_fast[prepare]'") from None
-    from .faces import CNN_MODEL_FILE
-    from .landmarks import MODEL_FILE, model_path
-    models = [MODEL_FILE] if getattr(args, "parser", None) or args.command == "demo" else []
-    models += [CNN_MODEL_FILE] if getattr(args, "detector", "") == "dlib_cnn" else []
+    models = [LANDMARK_MODEL] if getattr(args, "parser", None) or args.command == "demo" else []
+    models += [CNN_DETECTOR_MODEL] if getattr(args, "detector", "") == "dlib_cnn" else []
     for name in models:
         try:
             model_path(name)

@@ -34,12 +34,13 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from .model_files import CNN_DETECTOR_MODEL, model_path
+
 DETECTORS = ("dlib_hog", "dlib_cnn", "opencv_cascade")
 # dlib detectors double the image this many times before detecting (the reference: 1)
 DEFAULT_UPSAMPLE = 1
 CROP_SCALE = 1.3
 CROP_SIZE = 224
-CNN_MODEL_FILE = "mmod_human_face_detector.dat"
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,7 @@ class DlibCnnDetector:
         except ImportError as exc:
             raise ImportError("the dlib_cnn detector needs dlib: pip install 'fsfm_fast[prepare]' "
                               "(the dlib-bin wheel)") from exc
-        from .landmarks import model_path  # here: landmarks imports this module
-        self._detector = dlib.cnn_face_detection_model_v1(str(model_path(CNN_MODEL_FILE)))
+        self._detector = dlib.cnn_face_detection_model_v1(str(model_path(CNN_DETECTOR_MODEL)))
         self.upsample = _check_upsample(upsample)
         self.name = f"dlib_cnn(upsample={self.upsample})"
 

@@ -4,39 +4,21 @@ holds the CNN face detector's model).
 The points follow the iBUG 300-W numbering (0-based): jaw 0-16, brows 17-21 and 22-26 (image left,
 then image right), nose bridge 27-30, nostrils 31-35, eyes 36-41 and 42-47, outer lips 48-59, inner
 lips 60-67. The model was trained on boxes of dlib's HOG detector, so it fits best from those.
-The model file is located without importing ``face_recognition_models`` (its ``__init__`` needs
-``pkg_resources``, which recent setuptools no longer ships).
 """
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from .faces import Box
-
-MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
-
-
-def model_path(name: str = MODEL_FILE) -> Path:
-    """The path of one of dlib's model files inside the face-recognition-models package."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"dlib's model {name} comes with the face-recognition-models package: "
-                          "pip install 'fsfm_fast[prepare]'")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / "models" / name
-        if path.is_file():
-            return path
-    raise ImportError(f"face-recognition-models is installed but holds no {name}")
+from .model_files import LANDMARK_MODEL, model_path
 
 
 @lru_cache(maxsize=1)
 def _predictor():
     import dlib
-    return dlib.shape_predictor(str(model_path()))
+    return dlib.shape_predictor(str(model_path(LANDMARK_MODEL)))
 
 
 def landmarks68(image: np.ndarray, box: Box) -> np.ndarray:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..data.forgery import write_forgery_benchmark
 from ..data.identities import write_identity_benchmark
-from ..data.labelled import parse_class_map
+from ..data.samples import parse_class_map
 from ..demo import PRETRAIN_DIR, PROBE_DIR, parse_with_defaults
 from ..engine.checkpoint import CheckpointManager
 from ..formats import MEAN_STD_FILE, read_mean_std, safe_load

@@ -24,7 +24,8 @@ import torch
 from timm.data import create_transform
 from timm.models.vision_transformer import VisionTransformer
 
-from ..data.labelled import LabelledImages, Sample
+from ..data.labelled import LabelledImages
+from ..data.samples import Sample
 from ..evaluate import score_dataset
 from ..runtime.distributed import DistInfo
 from .encoders import Encoder

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.labelled import LabelledImages, Sample
+from ..data.labelled import LabelledImages
+from ..data.samples import Sample
 from ..runtime.devices import autocast
 from ..runtime.distributed import DistInfo, gather_rows
 from .features import probe_transform, trunk_features

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.labelled import LABEL_NAMES, Sample, folder_label, samples_from
+from ..data.labelled import samples_from
+from ..data.samples import LABEL_NAMES, Sample, folder_label
 from ..runtime.cli import UsageError
 
 LABELLINGS = ("auto", "binary", "classes")
