@@ -27,7 +27,7 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList
     )
 
 
-REP_POS_EMBEDS = ("zeros", "sincos")
+from .configs import REP_POS_EMBEDS  # noqa: E402  (defined beside the sizes: the parsers read it without torch)
 
 
 def _fixed_pos_embed(dim: int, grid: tuple[int, int], init: str = "sincos") -> nn.Parameter:
