@@ -20,6 +20,8 @@ PREDICT_DIR = "output_demo_predict"
 FACES_DATA = "synthetic_faces"  # the data folders, inside each run's output folder
 FORGERY_DATA = "synthetic_forgeries"
 SPOOF_DATA = "synthetic_fas"
+SPOOF_DOMAINS = ("webcam", "phone", "cctv", "laptop")  # the synthetic camera domains (data/spoof.py's DOMAINS)
+SPOOF_TARGET = "laptop"  # the one held out: capture conditions between the others' in every respect
 
 
 def parse_with_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None,

@@ -34,6 +34,7 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader
 
 from .runtime import cli, flags
+from .runtime.flags import parse_tests  # noqa: F401  (where the verbs that take test sets found it)
 from .demo import demo_evaluation
 from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map, samples_from
 from .runtime.devices import autocast, autocast_dtype, device_type, resolve_device
@@ -209,19 +210,6 @@ def write_outputs(out_dir: Path, metrics: dict, scored: dict[str, tuple[list[Sam
 
 # ----------------------------------------------------------------------------------------------
 # the verb
-
-
-def parse_tests(items: list[str], flag: str = "--test") -> dict[str, str]:
-    """``["NAME=PATH[,PATH...]", ...]`` of a repeatable ``flag`` -> {NAME: PATH}."""
-    tests = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise cli.UsageError(f"{flag} takes NAME=PATH[,PATH...], got {item!r}")
-        if name.strip() in tests:
-            raise cli.UsageError(f"{flag} {name.strip()} is given twice")
-        tests[name.strip()] = path.strip()
-    return tests
 
 
 def selection_note(ckpt: dict) -> str:

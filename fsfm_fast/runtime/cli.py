@@ -3,8 +3,10 @@ as one line (no traceback) and exit with status 2, and flags parse without abbre
 from __future__ import annotations
 
 import argparse
+import ast
 import errno
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -83,6 +85,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} -h)\n")
+
+
+def module_doc(module: str) -> str | None:
+    """The docstring of ``module`` read from its source, without running it: a verb's description for
+    its parser, which must not import the verb's torch-heavy module."""
+    spec = importlib.util.find_spec(module)
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=True)
 
 
 def argument_parser(prog: str, description: str | None, **kwargs) -> argparse.ArgumentParser:

@@ -91,6 +91,19 @@ def int_list(each: Callable[[str], int] = seed) -> Callable[[str], str]:
     return parse
 
 
+def parse_tests(items: list[str], flag: str = "--test") -> dict[str, str]:
+    """``["NAME=PATH[,PATH...]", ...]`` of a repeatable ``flag`` -> {NAME: PATH}."""
+    tests = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UsageError(f"{flag} takes NAME=PATH[,PATH...], got {item!r}")
+        if name.strip() in tests:
+            raise UsageError(f"{flag} {name.strip()} is given twice")
+        tests[name.strip()] = path.strip()
+    return tests
+
+
 def add_device_flags(group) -> None:
     group.add_argument("--device", default="auto", help="auto (this process's GPU if there is one), cpu, cuda, cuda:N")
     group.add_argument("--precision", default="auto", choices=PRECISIONS,
