@@ -27,14 +27,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .detector_args import evaluate_parser
+from .runtime import cli
+
+if __name__ == "__main__":  # -h and flag errors answer before torch and timm are imported (the imports below)
+    sys.exit(cli.run_verb("fsfm_fast.evaluate", lambda argv: evaluate_parser().parse_args(argv), "fsfm_fast.evaluate"))
+
 import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 from timm.data import create_transform
 from torch.utils.data import DataLoader
 
-from .runtime import cli, flags
-from .runtime.flags import parse_tests  # noqa: F401  (where the verbs that take test sets found it)
+from .runtime import flags
+from .runtime.flags import parse_tests
 from .demo import demo_evaluation
 from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map, samples_from
 from .runtime.devices import autocast, autocast_dtype, device_type, resolve_device
@@ -258,29 +264,8 @@ def run_evaluation(checkpoint: str | Path, tests: dict[str, str], output_dir: st
     return metrics
 
 
-def get_args_parser():
-    p = cli.argument_parser("fsfm_fast.evaluate", __doc__)
-    p.add_argument("--checkpoint", default=None,
-                   help="a detector checkpoint of fsfm_fast.finetune (default: the demo detector)")
-    p.add_argument("--test", action="append", default=[], metavar="NAME=PATH[,PATH...]",
-                   help="a test set; repeat for several (default: the demo's synthetic test set)")
-    p.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
-    flags.add_batch_flag(p, 64)
-    flags.add_worker_flag(p, 4)
-    flags.add_device_flags(p)
-    p.add_argument("--eval_resize", default=None, choices=["crop", "plain"],
-                   help="override the detector's: crop = resize to img_size/0.875 and centre crop, "
-                        "plain = resize to img_size")
-    p.add_argument("--class_map", action="append", default=[], metavar="NAME=real|fake[,...]",
-                   help="label class folders the naming rule does not know")
-    p.add_argument("--threshold", default=None, type=float,
-                   help="score (P(fake), P(attack)) at or above which a sample is called the positive class, for "
-                        "the accuracies (default: the detector's recorded threshold, else 0.5)")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = evaluate_parser().parse_args(argv)
     tests = parse_tests(args.test)
     if args.checkpoint is None and not tests:
         args.checkpoint, tests = demo_evaluation()
@@ -302,6 +287,3 @@ def main(argv: list[str] | None = None) -> int:
                        threshold=args.threshold)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.evaluate"))
