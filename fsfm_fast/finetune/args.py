@@ -226,7 +226,7 @@ def get_fas_parser():
 
     g = p.add_argument_group("run")
     g.add_argument("--seeds", default="0,1,2,3,4", type=flags.int_list(),
-                   help="one run per seed, reported as mean ± std: 5 runs by default, 3 in the demo")
+                   help="one run per seed, reported as mean ± std (the demo runs 3 seeds: 0,1,2)")
     flags.add_run_flags(g, output_dir="output_fas", keep_last=1, save_every=0, seed_flag=False,
                         resume_help="auto: each seed continues from its newest checkpoint in seed_<s>/")
     return demo.note_defaults(p, FAS_DEMO_DEFAULTS)

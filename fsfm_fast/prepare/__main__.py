@@ -66,7 +66,8 @@ def _cuda() -> bool:
 
 def get_args_parser():
     parser = cli.argument_parser(PROG, __doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command",
+                                help="what to prepare; each command has its own -h")
     style = {"allow_abbrev": False, "formatter_class": parser.formatter_class}
     p = sub.add_parser("frames", help="videos -> frames", **style)
     p.add_argument("--input", type=Path, required=True, help="a video or a folder of videos (searched recursively)")

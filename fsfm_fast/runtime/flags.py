@@ -22,11 +22,15 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOADERS = ("auto", "dali", "torch")  # pretraining's --loader (data/loaders.py)
 
 
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
-    lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-    hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+    lo = "" if low is None else f"{'>' if low_open else '>='} {_num(low)}"
+    hi = "" if high is None else f"{'<' if high_open else '<='} {_num(high)}"
     if lo and hi:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
     return lo or hi or "finite"
 
 
@@ -83,7 +87,10 @@ def int_list(each: Callable[[str], int] = seed) -> Callable[[str], str]:
         items = [s.strip() for s in text.split(",") if s.strip()]
         if not items:
             raise argparse.ArgumentTypeError(f"takes integers separated by commas, got {text!r}")
-        values = [each(s) for s in items]
+        try:
+            values = [each(s) for s in items]
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (in {text!r})") from None
         if len(set(values)) != len(values):
             raise argparse.ArgumentTypeError(f"must be distinct, got {text!r}")
         return text
