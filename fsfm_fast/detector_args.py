@@ -14,7 +14,7 @@ THRESHOLD_HELP = "score (P(fake), P(attack)) at or above which {what} is called 
 
 def evaluate_parser():
     p = cli.argument_parser("fsfm_fast.evaluate", cli.module_doc("fsfm_fast.evaluate"))
-    p.add_argument("--checkpoint", default=None,
+    p.add_argument("--checkpoint", default=None, type=flags.path("file"),
                    help="a detector checkpoint of fsfm_fast.finetune (default: the demo detector)")
     p.add_argument("--test", action="append", default=[], metavar="NAME=PATH[,PATH...]",
                    help="a test set; repeat for several (default: the demo's synthetic test set)")
@@ -35,8 +35,9 @@ def evaluate_parser():
 
 def export_parser():
     p = cli.argument_parser("fsfm_fast.export", cli.module_doc("fsfm_fast.export"))
-    p.add_argument("--checkpoint", default=None,
-                   help="what to export (default: the demo detector of fsfm_fast.finetune, else the demo pretraining)")
+    p.add_argument("--checkpoint", default=None, type=flags.path("exists"),
+                   help="a checkpoint file or an export folder (default: the demo detector of fsfm_fast.finetune, "
+                        "else the demo pretraining)")
     p.add_argument("--output_dir", default=None,
                    help=f"default: <checkpoint folder>/export ({demo.EXPORT_DIR} for the demo)")
     p.add_argument("--encoder", default=None, choices=["online", "target"],
@@ -50,7 +51,7 @@ def export_parser():
                         "detector records; choose it on held-out data, never the test set")
     p.add_argument("--labels", default=None, metavar="NAME,NAME",
                    help="class names in class-index order, for a state_dict that does not say (e.g. real,fake)")
-    p.add_argument("--mean_std", default=None, help="a pretrain_ds_mean_std.txt to record instead of the checkpoint's")
+    p.add_argument("--mean_std", default=None, type=flags.path("file"), help="a pretrain_ds_mean_std.txt to record instead of the checkpoint's")
     p.add_argument("--normalize_from_IMN", action="store_true", help="record ImageNet's mean/std")
     return p
 

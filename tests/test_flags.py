@@ -139,6 +139,15 @@ BAD = [
     ("data.make_shards", [*SHARDS, "--quality", "0"], "in [1, 100]"),
     ("data.make_shards", [*SHARDS, "--seed", "-1"], "in [0, 4294967295]"),
     ("data.make_shards", [*SHARDS, "--workers", "-1"], ">= 0"),
+    # paths of the kind they must be, before any work
+    ("finetune", ["--data_path", ".", "--mean_std", "missing.txt"], "no such file"),
+    ("finetune", ["--train_split", "missing.txt"], "no such file"),
+    ("finetune", ["--train_split", "."], "no such file"),  # a folder is not a split file
+    ("finetune", ["--dataset_abs_path", "missing"], "no such folder"),
+    ("finetune_fas", ["--mean_std", "missing.txt"], "no such file"),
+    ("evaluate", ["--checkpoint", "missing.pth"], "no such file"),
+    ("export", ["--checkpoint", "missing.pth"], "no such file or folder"),
+    ("export", ["--mean_std", "missing.txt"], "no such file"),
 ]
 
 

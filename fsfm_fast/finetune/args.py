@@ -106,15 +106,15 @@ def get_args_parser():
     g = p.add_argument_group("data")
     g.add_argument("--data_path", "--finetune_data_path", dest="data_path", action="append", default=[],
                    help="dataset root with train/ and val/ class folders; repeat for several")
-    g.add_argument("--train_split", default=None, help="split file of '<image path> <label>' lines")
-    g.add_argument("--val_split", default=None, help="split file for the source validation set")
-    g.add_argument("--dataset_abs_path", default=None, help="folder that relative split-file paths start from")
+    g.add_argument("--train_split", default=None, type=flags.path("file"), help="split file of '<image path> <label>' lines")
+    g.add_argument("--val_split", default=None, type=flags.path("file"), help="split file for the source validation set")
+    g.add_argument("--dataset_abs_path", default=None, type=flags.path("folder"), help="folder that relative split-file paths start from")
     g.add_argument("--split_delimiter", "--delimiter_in_spilt", dest="split_delimiter", default=None,
                    help="separator of path and label in split files (default: whitespace)")
     g.add_argument("--class_map", action="append", default=[], metavar="NAME=real|fake[,...]",
                    help="label class folders that the naming rule does not know")
     g.add_argument("--normalize_from_IMN", action="store_true", help="ImageNet mean/std instead of the pretraining set's")
-    g.add_argument("--mean_std", default=None,
+    g.add_argument("--mean_std", default=None, type=flags.path("file"),
                    help="a pretrain_ds_mean_std.txt to normalise with (default: the one beside --finetune)")
     flags.add_worker_flag(g, 8)
     g.add_argument("--synthetic_identities", default="96,16,32", help="demo: people in train,val,test")
@@ -202,7 +202,7 @@ def get_fas_parser():
                    help="label class folders that the naming rule does not know (e.g. print=fake)")
     g.add_argument("--normalize_from_IMN", action="store_true",
                    help="ImageNet mean/std instead of the pretraining set's")
-    g.add_argument("--mean_std", default=None, help="a pretrain_ds_mean_std.txt (default: the one beside --finetune)")
+    g.add_argument("--mean_std", default=None, type=flags.path("file"), help="a pretrain_ds_mean_std.txt (default: the one beside --finetune)")
     flags.add_worker_flag(g, 4)
     g.add_argument("--synthetic_target", default=demo.SPOOF_TARGET, choices=demo.SPOOF_DOMAINS,
                    help="demo: the synthetic domain held out (the others train)")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from .configs import HEADS  # noqa: E402  (named beside the sizes: the parsers read them without torch)
+from .configs import HEADS  # named beside the sizes: the parsers read them without torch
 FAS_HEADS = ("fas", "fas_pooled")
 ADAPTERS = ("", "fs")  # "": the whole detector is one model; "fs": FS-Adapter on a frozen encoder
 LINEAR_INIT_STD = 2e-5

@@ -111,6 +111,26 @@ def parse_tests(items: list[str], flag: str = "--test") -> dict[str, str]:
     return tests
 
 
+PATH_KINDS = {"file": ("is_file", "no such file"), "folder": ("is_dir", "no such folder"),
+              "exists": ("exists", "no such file or folder")}
+
+
+def path(kind: str) -> Callable[[str], str]:
+    """A path flag's type: an existing ``file``, ``folder``, or either (``exists``), refused at parse time
+    rather than after the data are read or the network is built. (Folders a verb writes are proved
+    writable by ``cli.ensure_writable_dir`` when the verb starts: parsing must not create them.)"""
+    test, problem = PATH_KINDS[kind]
+
+    def parse(text: str) -> str:
+        from pathlib import Path
+
+        if not getattr(Path(text), test)():
+            raise argparse.ArgumentTypeError(f"{problem}: {text!r}")
+        return text
+    parse.__name__ = f"{kind} path"
+    return parse
+
+
 def add_device_flags(group) -> None:
     group.add_argument("--device", default="auto", help="auto (this process's GPU if there is one), cpu, cuda, cuda:N")
     group.add_argument("--precision", default="auto", choices=PRECISIONS,
