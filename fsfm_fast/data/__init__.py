@@ -3,7 +3,7 @@
 Shards (``make_shards``, ``shards``), DALI (``dali``) and the loader builder (``loaders``) are
 submodules imported where used, so importing this package stays light."""
 
-import importlib
+from fsfm_fast.lazy import lazy_names
 
 # imported on first use (PEP 562): most of these need torch, and ``python -m fsfm_fast.data.make_shards -h``
 # or a verb's parser must not pay for it
@@ -14,15 +14,5 @@ _HOMES = {
     "sampler": ("EpochSampler", "batches_per_epoch"),
     "synthetic": ("render_face", "write_synthetic_dataset"),
 }
-_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+__getattr__, __all__ = lazy_names(globals(), _HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOME_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOME_OF[name]}", __name__), name)
-    globals()[name] = value  # the next look-up is a plain one
-    return value
-
-
-__all__ = sorted(_HOME_OF)

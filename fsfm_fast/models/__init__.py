@@ -4,7 +4,7 @@ The names below are imported on first use (PEP 562), so that ``fsfm_fast.models.
 verbs' parsers read, does not bring torch and timm in with this package."""
 from __future__ import annotations
 
-import importlib
+from fsfm_fast.lazy import lazy_names
 
 _HOMES = {
     "configs": ("MODEL_CONFIGS", "REP_POS_EMBEDS", "ModelConfig", "get_config", "list_models"),
@@ -14,38 +14,5 @@ _HOMES = {
     "fsfm": ("FSFMTrunk", "OnlineNetwork", "OnlineOutput", "ProjectionMLP", "TargetNetwork",
              "create_online", "create_target", "load_reference_weights"),
 }
-_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+__getattr__, __all__ = lazy_names(globals(), _HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOME_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOME_OF[name]}", __name__), name)
-    globals()[name] = value  # the next look-up is a plain one
-    return value
-
-
-__all__ = [
-    "ADAPTER_FORMAT",
-    "DETECTOR_FORMAT",
-    "MODEL_CONFIGS",
-    "REP_POS_EMBEDS",
-    "DetectorConfig",
-    "PretrainedEncoder",
-    "create_detector",
-    "load_adapter_detector",
-    "load_detector",
-    "load_pretrained_encoder",
-    "FSFMTrunk",
-    "ModelConfig",
-    "OnlineNetwork",
-    "OnlineOutput",
-    "ProjectionMLP",
-    "TargetNetwork",
-    "create_online",
-    "create_target",
-    "get_config",
-    "list_models",
-    "load_reference_weights",
-    "real_anchored_contrastive",
-]
