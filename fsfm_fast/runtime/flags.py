@@ -90,7 +90,7 @@ def int_list(each: Callable[[str], int] = seed) -> Callable[[str], str]:
         try:
             values = [each(s) for s in items]
         except argparse.ArgumentTypeError as exc:
-            raise argparse.ArgumentTypeError(f"{exc} (in {text!r})") from None
+            raise argparse.ArgumentTypeError(f"{exc} (in {text!r})" if len(items) > 1 else str(exc)) from None
         if len(set(values)) != len(values):
             raise argparse.ArgumentTypeError(f"must be distinct, got {text!r}")
         return text
