@@ -10,7 +10,6 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .formats import selected_checkpoint
 from .runtime.cli import UsageError
 
 PRETRAIN_DIR = "output_demo"  # python -m fsfm_fast.pretrain; fine-tuning's --finetune auto looks here
@@ -22,6 +21,8 @@ PROBE_DIR = "output_demo_probe"  # python -m fsfm_fast.probe: the demo encoder a
 FACES_DATA = "synthetic_faces"  # the data folders, inside each run's output folder
 FORGERY_DATA = "synthetic_forgeries"
 SPOOF_DATA = "synthetic_fas"
+SPOOF_DOMAINS = ("webcam", "phone", "cctv", "laptop")  # the synthetic camera domains (data/spoof.py's DOMAINS)
+SPOOF_TARGET = "laptop"  # the one held out: capture conditions between the others' in every respect
 
 
 def parse_with_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
@@ -43,8 +44,21 @@ def parse_with_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | N
     return args
 
 
+def note_defaults(parser: argparse.ArgumentParser, demo_defaults: dict) -> argparse.ArgumentParser:
+    """Mark each flag whose default the demo replaces, so that ``-h`` shows both (``cli.HelpFormatter``)."""
+    for action in parser._actions:  # argparse keeps no public list of a parser's actions
+        if action.dest not in demo_defaults or action.default == demo_defaults[action.dest]:
+            continue
+        if action.nargs == 0 and action.const != demo_defaults[action.dest]:
+            continue  # of a pair of switches on one dest, the one the demo turns on carries the note
+        action.demo_default = demo_defaults[action.dest]
+    return parser
+
+
 def demo_evaluation(output_dir: str | Path = FINETUNE_DIR) -> tuple[Path, dict[str, str]]:
     """The demo detector and its test set, for ``python -m fsfm_fast.evaluate`` with no flags."""
+    from .formats import selected_checkpoint  # torch: not for the parsers that import this module
+
     checkpoint = selected_checkpoint(output_dir)
     if not checkpoint.is_file():
         raise UsageError(f"no --checkpoint given and no demo detector at {checkpoint}: "

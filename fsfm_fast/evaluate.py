@@ -31,12 +31,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .detector_args import evaluate_parser
+from .runtime import cli
+
+if __name__ == "__main__":  # -h and flag errors answer before torch and timm are imported (the imports below)
+    sys.exit(cli.run_verb("fsfm_fast.evaluate", lambda argv: evaluate_parser().parse_args(argv), "fsfm_fast.evaluate"))
+
 import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
 
-from .runtime import cli, flags
+from .runtime import flags
+from .runtime.flags import parse_tests
 from .demo import demo_evaluation
 from .data.labelled import LabelledImages, collate_labelled, samples_from
 from .data.samples import Sample, parse_class_map
@@ -47,7 +54,7 @@ from .metrics import METRIC_KEYS, frame_metrics, video_metrics
 from .models.detector import eval_transform
 from .models.loading import load_detector
 from .scorer import load_scorer
-from .onnx_runtime import RUNTIMES, choose_runtime
+from .onnx_runtime import choose_runtime
 from .runtime.signals import ignore_stop_signals, shutdown_workers, stop_signals_held
 
 TEST_SPLIT = "test"
@@ -210,19 +217,6 @@ def write_outputs(out_dir: Path, metrics: dict, scored: dict[str, tuple[list[Sam
 # the verb
 
 
-def parse_tests(items: list[str], flag: str = "--test") -> dict[str, str]:
-    """``["NAME=PATH[,PATH...]", ...]`` of a repeatable ``flag`` -> {NAME: PATH}."""
-    tests = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise cli.UsageError(f"{flag} takes NAME=PATH[,PATH...], got {item!r}")
-        if name.strip() in tests:
-            raise cli.UsageError(f"{flag} {name.strip()} is given twice")
-        tests[name.strip()] = path.strip()
-    return tests
-
-
 def selection_note(ckpt: dict) -> str:
     sel = ckpt.get("selection")
     if not sel:
@@ -292,34 +286,8 @@ def run_evaluation(checkpoint: str | Path, tests: dict[str, str], output_dir: st
     return metrics
 
 
-def get_args_parser():
-    p = cli.argument_parser("fsfm_fast.evaluate", __doc__)
-    p.add_argument("--checkpoint", default=None,
-                   help="a detector checkpoint of fsfm_fast.finetune or finetune_fas, or an export folder of "
-                        "fsfm_fast.export (default: the demo detector)")
-    p.add_argument("--test", action="append", default=[], metavar="NAME=PATH[,PATH...]",
-                   help="a test set; repeat for several (default: the demo's synthetic test set). PATH: a dataset "
-                        "root, a folder of class folders, a split file, or dfb:JSON[:SPLIT[:COMPRESSION[:METHODS[:ROOT]]]]")
-    p.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval, or <export folder>/eval")
-    flags.add_batch_flag(p, 64)
-    flags.add_worker_flag(p, 4)
-    flags.add_device_flags(p)
-    p.add_argument("--eval_resize", default=None, choices=["crop", "plain"],
-                   help="override the detector's: crop = resize to img_size/0.875 and centre crop, "
-                        "plain = resize to img_size")
-    p.add_argument("--class_map", action="append", default=[], metavar="NAME=real|fake[,...]",
-                   help="label class folders the naming rule does not know")
-    p.add_argument("--runtime", default="auto", choices=list(RUNTIMES),
-                   help="for an export folder: onnx = its model.onnx through onnxruntime on the CPU, torch = PyTorch "
-                        "on --device, auto = onnx when the file is there, onnxruntime imports and the device is the CPU")
-    p.add_argument("--threshold", default=None, type=float,
-                   help="score (P(fake), P(attack)) at or above which a sample is called the positive class, for "
-                        "the accuracies (default: the detector's recorded threshold, else 0.5)")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = evaluate_parser().parse_args(argv)
     tests = parse_tests(args.test)
     if args.checkpoint is None and not tests:
         args.checkpoint, tests = demo_evaluation()
@@ -346,6 +314,3 @@ def main(argv: list[str] | None = None) -> int:
                        threshold=args.threshold, runtime=runtime)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.evaluate"))

@@ -43,15 +43,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .detector_args import export_parser
+from .runtime import cli
+
+if __name__ == "__main__":  # -h and flag errors answer before torch and timm are imported (the imports below)
+    sys.exit(cli.run_verb("fsfm_fast.export", lambda argv: export_parser().parse_args(argv), "fsfm_fast.export"))
+
 import numpy as np
 import timm
 import torch
 
-from .runtime import cli
 from .demo import EXPORT_DIR as DEMO_EXPORT_DIR, FINETUNE_DIR, PRETRAIN_DIR
 from .engine.checkpoint import CheckpointManager
 from .inference import Contract, derive_positive
 from .models import MODEL_CONFIGS, create_online, create_target
+from .formats import EXPORT_CONFIG as CONFIG, EXPORT_ONNX as ONNX, EXPORT_WEIGHTS as WEIGHTS
 from .formats import (ADAPTER_FORMAT, DETECTOR_FORMAT, IMAGENET_MEAN, IMAGENET_STD, PRETRAIN_FORMAT, CheckpointError,
                       find_mean_std, read_mean_std, read_timm_config, read_weights, selected_checkpoint, state_mismatch)
 from .models.detector import _recorded_model
@@ -60,7 +66,6 @@ from .models.heads import recorded_head
 from .models.timm_models import EVAL_CROP_PCT, HEAD_ARGS, TIMM_ARCHITECTURES, architecture_args, weights_grid, weights_pooling
 
 EXPORT_FORMAT = "fsfm_fast.export/1"
-WEIGHTS, CONFIG, ONNX = "model.safetensors", "config.json", "model.onnx"
 ONNX_OPSET = 18
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the exporter writes with onnxscript; the check runs onnxruntime
 ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-4
@@ -369,27 +374,6 @@ def export(item: Exportable, out_dir: Path, source: Path, onnx: bool = False, op
 # the verb
 
 
-def get_args_parser():
-    p = cli.argument_parser("fsfm_fast.export", __doc__)
-    p.add_argument("--checkpoint", default=None,
-                   help="what to export (default: the demo detector of fsfm_fast.finetune, else the demo pretraining)")
-    p.add_argument("--output_dir", default=None, help=f"default: <checkpoint folder>/export ({DEMO_EXPORT_DIR} for the demo)")
-    p.add_argument("--encoder", default=None, choices=["online", "target"],
-                   help="which encoder of a pretraining checkpoint (default: online; a release file holds one)")
-    p.add_argument("--model", default=None, choices=list(MODEL_CONFIGS),
-                   help="the FSFM size, for a state_dict that does not say (default: read from the weights' shapes)")
-    p.add_argument("--encoder_only", action="store_true", help="drop a detector's head (the model returns features)")
-    p.add_argument("--onnx", action="store_true", help=f"also write {ONNX} (opset {ONNX_OPSET}, dynamic batch)")
-    p.add_argument("--threshold", default=None, type=float,
-                   help="record this decision threshold on the score (P(fake), P(attack)), replacing the one the "
-                        "detector records; choose it on held-out data, never the test set")
-    p.add_argument("--labels", default=None, metavar="NAME,NAME",
-                   help="class names in class-index order, for a state_dict that does not say (e.g. real,fake)")
-    p.add_argument("--mean_std", default=None, help="a pretrain_ds_mean_std.txt to record instead of the checkpoint's")
-    p.add_argument("--normalize_from_IMN", action="store_true", help="record ImageNet's mean/std")
-    return p
-
-
 def demo_checkpoint() -> Path:
     """The demo detector of fsfm_fast.finetune, else the newest demo pretraining checkpoint."""
     detector = selected_checkpoint(FINETUNE_DIR)
@@ -468,7 +452,7 @@ def describe(item: Exportable, record: dict, out_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = export_parser().parse_args(argv)
     if args.checkpoint is None:
         args.checkpoint = str(demo_checkpoint())
         args.output_dir = args.output_dir or DEMO_EXPORT_DIR
@@ -482,6 +466,3 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(item, record, out_dir))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.export"))

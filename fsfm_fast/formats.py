@@ -25,6 +25,8 @@ SELFCHECK_FILE = "selfcheck.json"  # what the start-up check of the compiled and
 PRETRAIN_FORMAT = "fsfm_fast.pretrain/1"
 DETECTOR_FORMAT = "fsfm_fast.detector/1"
 ADAPTER_FORMAT = "fsfm_fast.adapter/1"  # trained parts only, the encoder by reference (models.adapter)
+# an export folder (python -m fsfm_fast.export): weights under timm's keys, timm's config, the ONNX graph
+EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_ONNX = "model.safetensors", "config.json", "model.onnx"
 BEST = "best"  # the selection of a fine-tuning run that its users take: checkpoint-best.pth
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .formats import EXPORT_ONNX as ONNX_FILE
 from .runtime.cli import UsageError
+from .runtime.flags import RUNTIMES
 
-RUNTIMES = ("auto", "torch", "onnx")
-ONNX_FILE = "model.onnx"  # export.ONNX; export imports timm and torch.onnx, which scoring does not need
 
 
 def onnxruntime_available() -> bool:

@@ -45,19 +45,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .detector_args import predict_parser
+from .runtime import cli
+
+if __name__ == "__main__":  # -h and flag errors answer before torch and timm are imported (the imports below)
+    sys.exit(cli.run_verb("fsfm_fast.predict", lambda argv: predict_parser().parse_args(argv), "fsfm_fast.predict"))
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import DataLoader, Dataset
 
-from .runtime import cli
 from .demo import FINETUNE_DIR, PREDICT_DIR as DEMO_OUTPUT_DIR
 from .formats import selected_checkpoint
 from .runtime.devices import autocast, autocast_dtype, resolve_device
 from .inference import Contract, decide, positive_probability
-from .onnx_runtime import ONNX_FILE, RUNTIMES, choose_runtime
+from .onnx_runtime import choose_runtime
 from .scorer import Scorer, detector_path, load_scorer
-from .prepare.faces import CROP_SCALE, CROP_SIZE, DEFAULT_UPSAMPLE, DETECTORS, crop_face, largest_face, make_detector
+from .prepare.faces import CROP_SCALE, CROP_SIZE, DEFAULT_UPSAMPLE, crop_face, largest_face, make_detector
 from .prepare.inputs import IMAGE, VIDEO, Input, kind_of, scan
 from .prepare.video import VideoError, count_frames, sample_frames, sample_indices
 from .runtime.signals import ignore_stop_signals
@@ -318,39 +323,6 @@ def contact_sheet(results: list[Result], threshold: float, path: Path, max_faces
 # the verb
 
 
-def get_args_parser():
-    p = cli.argument_parser("fsfm_fast.predict", __doc__)
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="images, videos, or folders of them")
-    p.add_argument("--detector", default=None,
-                   help="an export folder (fsfm_fast.export) or a detector checkpoint (finetune, finetune_fas; whole "
-                        "or FS-Adapter)")
-    p.add_argument("--model", default=None, dest="old_detector", metavar="DETECTOR",
-                   help="the former name of --detector (elsewhere --model names an architecture)")
-    p.add_argument("--demo", action="store_true", help="score synthetic real and fake videos with the demo detector")
-    p.add_argument("--threshold", default=None, type=float,
-                   help="score (P(fake), P(attack)) at which an input is called the positive class (default: the "
-                        "detector's recorded threshold, else 0.5)")
-    p.add_argument("--output", default=None, help="write the scores here: .csv for CSV, anything else JSON lines")
-    p.add_argument("--save_faces", default=None, metavar="PNG", help="write a contact sheet of the scored faces")
-    p.add_argument("--sheet_max", default=64, type=int, help="most faces on the contact sheet")
-    p.add_argument("--face_detector", default="dlib_hog", choices=list(DETECTORS) + ["none"],
-                   help="none: each image or frame is already a face crop; dlib_cnn: slower, finds more faces")
-    p.add_argument("--upsample", default=DEFAULT_UPSAMPLE, type=int, choices=[0, 1, 2, 3],
-                   help="dlib detectors: times the image is doubled first (1: faces down to ~40 px, as prepare)")
-    p.add_argument("--crop_scale", default=CROP_SCALE, type=float, help="face crop side / detector box side")
-    p.add_argument("--num_frames", default=16, type=int, help="frames sampled uniformly from each video")
-    p.add_argument("--batch_size", default=64, type=int)
-    p.add_argument("--num_workers", default=min(4, cli.available_cpus()), type=int,
-                   help="processes that read inputs and detect faces")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--runtime", default="auto", choices=list(RUNTIMES),
-                   help=f"onnx: an export's {ONNX_FILE} through onnxruntime on the CPU; torch: PyTorch on --device; "
-                        f"auto: onnx when the export holds {ONNX_FILE}, onnxruntime imports and the device is the CPU")
-    return p
-
-
 def check_args(args) -> None:
     if args.old_detector is not None:
         if args.detector is not None:
@@ -464,11 +436,8 @@ def run_demo(args) -> list[Result]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = predict_parser().parse_args(argv)
     check_args(args)
     results = run_demo(args) if args.demo else run(args)[0]
     return 0 if any(r.score is not None for r in results) else 1
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.predict"))

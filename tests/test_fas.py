@@ -422,7 +422,7 @@ def test_fas_flags_and_data_are_checked_before_training(spoof_bench, tmp_path):
         finetune_fas.parse_args(["--source", "laptop=x", "--target", "laptop=y"])
     with pytest.raises(UsageError, match="give --source"):
         finetune_fas.parse_args(["--source", "a=x"])
-    with pytest.raises(UsageError, match="--seeds"):
+    with pytest.raises(SystemExit):  # argparse refuses it (the type of --seeds), naming the flag
         finetune_fas.parse_args(["--seeds", "0,0"])
     assert finetune_fas.parse_args(["--adapter", "fs"]).lr == 5e-2  # the authors' adapter recipe
     assert finetune_fas.parse_args(["--adapter", "fs", "--lr", "1e-3"]).lr == 1e-3

@@ -3,12 +3,16 @@
 Shards (``make_shards``, ``shards``), DALI (``dali``) and the loader builder (``loaders``) are
 submodules imported where used, so importing this package stays light."""
 
-from .faces import FaceTransform, augment_params, collate_faces, parsing_map_problem
-from .folder import FaceParsingFolder, compute_mean_std
-from .labels import FLIP_LABELS, NUM_LABELS
-from .sampler import EpochSampler, batches_per_epoch
-from .synthetic import render_face, write_synthetic_dataset
+from fsfm_fast.lazy import lazy_names
 
-__all__ = ["FLIP_LABELS", "NUM_LABELS", "EpochSampler", "FaceParsingFolder", "FaceTransform", "augment_params",
-           "batches_per_epoch", "collate_faces", "compute_mean_std", "parsing_map_problem", "render_face",
-           "write_synthetic_dataset"]
+# imported on first use (PEP 562): most of these need torch, and ``python -m fsfm_fast.data.make_shards -h``
+# or a verb's parser must not pay for it
+_HOMES = {
+    "faces": ("FaceTransform", "augment_params", "collate_faces", "parsing_map_problem"),
+    "folder": ("FaceParsingFolder", "compute_mean_std"),
+    "labels": ("FLIP_LABELS", "NUM_LABELS"),
+    "sampler": ("EpochSampler", "batches_per_epoch"),
+    "synthetic": ("render_face", "write_synthetic_dataset"),
+}
+__getattr__, __all__ = lazy_names(globals(), _HOMES)
+

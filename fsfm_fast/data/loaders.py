@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..formats import mean_std_record, write_mean_std
 from ..runtime.cli import UsageError
+from ..runtime.flags import LOADERS
 from ..runtime.signals import ignore_stop_signals
 from . import dali  # the module imports DALI itself, only when asked whether it is there or to build a pipeline
 from .faces import collate_faces, sample_key
@@ -35,7 +36,6 @@ from .labelled import collate_labelled
 from .sampler import BalancedBatchSampler, EpochSampler, batches_per_epoch
 from .shards import DeviceDecoder, RawShards, ShardDataset, collate_raw, combined_mean_std, is_shard_folder
 
-LOADERS = ("auto", "dali", "torch")
 FOLDER, SHARDS = "folder", "shards"
 
 

@@ -32,10 +32,33 @@ from collections import Counter
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
+from ..runtime import cli, flags
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = cli.argument_parser("fsfm_fast.data.make_shards", __doc__)
+    p.add_argument("roots", nargs="+", type=Path, metavar="SRC", help="reference-layout root(s)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for the shards")
+    p.add_argument("--shard_size_mb", type=flags.number(0.0, low_open=True), default=256.0, help="target size of one tar (MiB)")
+    p.add_argument("--samples_per_shard", type=flags.count, default=0, help="fixed samples per shard (overrides the size)")
+    p.add_argument("--quality", type=flags.integer(1, 100), default=95, help="JPEG quality")
+    p.add_argument("--subsampling", choices=["420", "444"], default="420",
+                   help="JPEG chroma subsampling: 420 is about 40%% smaller and faster to decode")
+    p.add_argument("--png", action="store_true", help="store images as lossless PNG instead of JPEG")
+    p.add_argument("--image_size", type=flags.positive, nargs=2, metavar=("H", "W"), default=None,
+                   help="size every image must have (default: the most common among the first samples)")
+    p.add_argument("--seed", type=flags.seed, default=0, help="seed of the sample-to-shard permutation")
+    p.add_argument("--workers", type=flags.count, default=0, help="processes (default: all available CPUs)")
+    return p
+
+
+if __name__ == "__main__":  # -h and flag errors answer before torch is imported (data.faces, below)
+    sys.exit(cli.run_verb("fsfm_fast.data.make_shards", lambda argv: get_args_parser().parse_args(argv),
+                          "fsfm_fast.data.make_shards"))
+
 import numpy as np
 from PIL import Image
 
-from ..runtime import cli
 from ..runtime.cli import UsageError
 from .faces import parsing_map_problem
 from .folder import as_roots, scan_reference_layout
@@ -372,24 +395,6 @@ def convert(args: argparse.Namespace) -> dict:
     return write_manifest(out, plan, list(finished.values()), missing)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = cli.argument_parser("fsfm_fast.data.make_shards", __doc__)
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("roots", nargs="+", type=Path, metavar="SRC", help="reference-layout root(s)")
-    p.add_argument("--out", required=True, type=Path, help="output folder for the shards")
-    p.add_argument("--shard_size_mb", type=float, default=256.0, help="target size of one tar (MiB)")
-    p.add_argument("--samples_per_shard", type=int, default=0, help="fixed samples per shard (overrides the size)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality")
-    p.add_argument("--subsampling", choices=["420", "444"], default="420",
-                   help="JPEG chroma subsampling: 420 is about 40%% smaller and faster to decode")
-    p.add_argument("--png", action="store_true", help="store images as lossless PNG instead of JPEG")
-    p.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="size every image must have (default: the most common among the first samples)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample-to-shard permutation")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: all available CPUs)")
-    return p
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Every flag and path, before any work: the sources exist and have the reference layout, and a
     file can be written in --out."""
@@ -420,6 +425,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{manifest['skipped']} skipped (listed in {args.out / REPORT_NAME}), {elapsed:.1f} s", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.data.make_shards"))

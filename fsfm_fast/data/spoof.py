@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..demo import SPOOF_TARGET
 from .fas import scale_saturation
 from .forgery import _blur, _save_png, _to_uint8, real_video
 from .synthetic import _smooth_noise, _write_json, benchmark_is_current
@@ -71,7 +72,7 @@ DOMAINS = {
     "cctv": Domain(kelvin=5000, blur=1.3, resolution=0.5, noise=7.0, jpeg=45),
     "laptop": Domain(kelvin=6200, blur=0.6, resolution=0.75, noise=3.0, jpeg=80),
 }
-DEFAULT_TARGET = "laptop"  # capture conditions between the others' in every respect
+DEFAULT_TARGET = SPOOF_TARGET
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,21 +23,7 @@ from ..models.detector import DetectorConfig, PretrainedEncoder, detector_config
 from ..runtime import cli
 from ..runtime.devices import autocast_dtype, resolve_device
 from ..runtime.distributed import DistInfo
-
-
-def add_adapter_flags(parser, weight_cl: float) -> None:
-    g = parser.add_argument_group("FS-Adapter")
-    g.add_argument("--adapter", default="none", choices=["none", "fs"],
-                   help="fs: freeze the pretrained encoder and train only the FS-Adapter, its projector and the head")
-    g.add_argument("--adapter_reduction", default=4, type=int, help="adapter bottleneck width = encoder width / this")
-    g.add_argument("--weight_cl", default=weight_cl, type=float, help="weight of the real-anchored contrastive loss")
-    g.add_argument("--temperature", default=0.07, type=float, help="temperature of the contrastive loss")
-
-
-
-def mixup_active(args) -> bool:
-    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-
+from .args import mixup_active
 
 
 def resolve_pretrained(args, say=print) -> str:

@@ -58,20 +58,18 @@ from ..data.fas import VAL_SPLIT_FILE, FASData, fas_train_transform, load_fas_da
 from ..data.labelled import LabelledImages
 from ..data.samples import Sample, parse_class_map
 from ..data.loaders import labelled_train_data
-from ..data.spoof import DEFAULT_TARGET, DOMAINS, write_spoof_benchmark
+from ..data.spoof import DOMAINS, write_spoof_benchmark
 from ..engine.checkpoint import plain_args, save_atomic
 from ..engine.run_log import RunLog
 from ..engine.trainer import RunSettings, Selection, Task, Trainer, open_run, whole_cycles
-from ..evaluate import Scores, parse_tests, score_dataset
+from ..evaluate import Scores, score_dataset
 from ..formats import safe_load
 from ..metrics import THRESHOLD_RULES, fas_levels
-from ..models import list_models
 from ..models.detector import DetectorConfig, detector_config, eval_transform
-from ..models.heads import HEADS
-from ..runtime import cli, flags
+from ..runtime import cli
 from ..runtime.devices import device_type, fused
 from ..runtime.distributed import DistInfo, barrier, process_group
-from .detectors import (DetectionLoss, add_adapter_flags, detector_checkpointing, load_encoder, normalisation,
+from .detectors import (DetectionLoss, detector_checkpointing, load_encoder, normalisation,
                         run_place, validator)
 
 EVALUATIONS = {
@@ -81,114 +79,8 @@ EVALUATIONS = {
 }
 THRESHOLD_RULE = {"honest": "exact", "oracle": "grid"}  # metrics.THRESHOLD_RULES
 REPORTED = ("hter", "auc", "tpr_at_fpr_1pct")
-SELECT_MODES = {"hter": "min", "auc": "max", "loss": "min"}
-# What a run with no --source/--target uses for every flag the user did not set: a tiny model on the
-# synthetic benchmark at 64 px, sized to finish in minutes on a laptop CPU; a larger lr than the
-# recipe's, because 300 iterations are not 4000.
-DEMO_DEFAULTS = {
-    "model": "fsfm_vit_tiny_patch16",
-    "input_size": 64,
-    "batch_per_group": 8,
-    "iterations": 300,
-    "eval_every": 50,
-    "lr": 5e-4,
-    "seeds": "0,1,2",
-    "val_fraction": 0.25,
-    "num_workers": 2,
-    "log_every": 10,
-    "output_dir": demo.FAS_DIR,
-    "finetune": "auto",
-}
-# What --adapter fs changes when the flags are not given: the authors' FS-Adapter script for FAS.
-ADAPTER_DEFAULTS = {"lr": 5e-2, "weight_decay": 5e-5}
-
-
-def get_args_parser():
-    p = cli.argument_parser("fsfm_fast.finetune_fas", __doc__)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="fsfm_vit_base_patch16", choices=list_models())
-    g.add_argument("--input_size", default=224, type=int)
-    g.add_argument("--finetune", "--pt_model", dest="finetune", default="",
-                   help="pretrained encoder (as fsfm_fast.finetune --finetune); 'auto' (the demo's default) takes the "
-                        "newest " + demo.PRETRAIN_DIR + "/checkpoint-*.pth if there is one")
-    g.add_argument("--head", default="fas", choices=list(HEADS),
-                   help="fas: the reference's head as it computes it (on every token: bottleneck 512, dropout, "
-                        "scaling across tokens; the pooled slot into in-place normalised weights); fas_pooled: "
-                        "the same modules on the pooled feature (an ablation); linear: one linear layer")
-    g.add_argument("--drop_path", default=0.0, type=float, help="the reference's FAS default is 0")
-    add_adapter_flags(p, weight_cl=0.1)
-
-    g = p.add_argument_group("data")
-    g.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
-                   help="a source domain (PATH/train, and PATH/val if it has one); repeat for each")
-    g.add_argument("--target", default=None, metavar="NAME=PATH", help="the target domain (PATH/test)")
-    g.add_argument("--val_fraction", default=0.1, type=float,
-                   help="share of each source class's training videos held out for selection and the honest "
-                        "threshold (sources without a val/ folder)")
-    g.add_argument("--split_seed", default=0, type=int, help="seed of that hold-out (the same for every --seeds)")
-    g.add_argument("--class_map", action="append", default=[], metavar="NAME=real|fake[,...]",
-                   help="label class folders that the naming rule does not know (e.g. print=fake)")
-    g.add_argument("--normalize_from_IMN", action="store_true",
-                   help="ImageNet mean/std instead of the pretraining set's")
-    g.add_argument("--mean_std", default=None, help="a pretrain_ds_mean_std.txt (default: the one beside --finetune)")
-    flags.add_worker_flag(g, 4)
-    g.add_argument("--synthetic_target", default=DEFAULT_TARGET, choices=list(DOMAINS),
-                   help="demo: the synthetic domain held out (the others train)")
-    g.add_argument("--synthetic_identities", default="24,12", help="demo: people per domain in train,test")
-    g.add_argument("--synthetic_frames", default=2, type=int, help="demo: frames per video")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_per_group", default=12, type=int, help="frames of each (source domain, class) per batch")
-    g.add_argument("--iterations", default=4000, type=int)
-    g.add_argument("--lr", default=1e-4, type=float, help="Adam learning rate (constant)")
-    g.add_argument("--weight_decay", default=1e-6, type=float, help="Adam's L2 weight decay")
-    flags.add_step_flags(g, clip_grad=0.0, clip_help="max grad norm; 0 disables (the reference's)")
-    flags.add_device_flags(g)
-
-    g = p.add_argument_group("selection and evaluation")
-    g.add_argument("--eval_every", default=100, type=int, help="validate (and select) every N iterations")
-    g.add_argument("--select_metric", default="hter", choices=list(SELECT_MODES),
-                   help="the honest checkpoint: best video HTER (the reference's criterion), AUC or loss on the "
-                        "held-out source data; of equal values the later checkpoint, as the reference")
-    g.add_argument("--eval_batch_size", default=128, type=int)
-
-    g = p.add_argument_group("run")
-    g.add_argument("--seeds", default="0,1,2,3,4", help="one run per seed, reported as mean ± std")
-    flags.add_run_flags(g, output_dir="output_fas", keep_last=1, save_every=0, seed=False,
-                        resume_help="auto: each seed continues from its newest checkpoint in seed_<s>/")
-    return p
-
-
-def parse_args(argv: list[str] | None = None):
-    args = demo.parse_with_defaults(get_args_parser(), argv, lambda a: not a.source and a.target is None, DEMO_DEFAULTS,
-                                    [(lambda a: a.adapter == "fs", ADAPTER_DEFAULTS)])
-    flags.check(args)
-    if args.resume not in ("", "auto"):
-        raise cli.UsageError(f"--resume takes 'auto' here (each seed continues from its newest checkpoint in "
-                             f"seed_<s>/), got {args.resume!r}")
-    try:
-        args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise cli.UsageError(f"--seeds takes integers separated by commas, got {args.seeds!r}") from None
-    checks = [(args.demo or (args.source and args.target is not None),
-               "give --source NAME=PATH (one or more) and --target NAME=PATH, or neither for the synthetic demo"),
-              (args.seed_list and len(set(args.seed_list)) == len(args.seed_list), "--seeds must be distinct integers"),
-              (args.batch_per_group >= 1 and args.iterations >= 1 and args.eval_every >= 1,
-               "--batch_per_group, --iterations and --eval_every must be >= 1"),
-              (args.lr > 0 and args.weight_decay >= 0, "--lr must be > 0 and --weight_decay >= 0"),
-              (0 <= args.val_fraction < 1, f"--val_fraction must be in [0, 1), got {args.val_fraction}"),
-              (0 <= args.drop_path < 1 and args.weight_cl >= 0 and args.temperature > 0,
-               "--drop_path must be in [0, 1), --weight_cl >= 0, --temperature > 0"),
-]
-    for ok, message in checks:
-        if not ok:
-            raise cli.UsageError(message)
-    args.sources = parse_tests(args.source, "--source")
-    target = parse_tests([args.target], "--target") if args.target else {}
-    args.target_domain = next(iter(target.items()), None)
-    if args.target_domain and args.target_domain[0] in args.sources:
-        raise cli.UsageError(f"--target {args.target_domain[0]} is also a --source: leave it out of the sources")
-    return args
+from .args import FAS_SELECT_MODES as SELECT_MODES
+from .args import parse_fas_args as parse_args
 
 
 # ----------------------------------------------------------------------------------------------

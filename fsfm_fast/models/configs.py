@@ -1,7 +1,12 @@
-"""Network sizes by model name (SPEC §3), plus a tiny size for CPU runs and tests."""
+"""Network sizes by model name (SPEC §3), plus a tiny size for CPU runs and tests, and the names of the
+choices the verbs' flags offer. Torch-free: the parsers import it before anything heavy."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+REP_POS_EMBEDS = ("zeros", "sincos")  # the rep decoder's frozen position embedding (models/fsfm.py)
+HEADS = ("linear", "fas", "fas_pooled")  # a detector's heads (models/heads.py)
 
 
 @dataclass(frozen=True)

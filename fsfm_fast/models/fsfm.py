@@ -15,7 +15,7 @@ from torch import nn
 
 from fsfm_fast import ops
 from fsfm_fast.formats import safe_load, state_mismatch
-from fsfm_fast.models.configs import ModelConfig, get_config
+from fsfm_fast.models.configs import REP_POS_EMBEDS, ModelConfig, get_config
 from fsfm_fast.models.pos_embed import sincos_2d
 
 _norm_layer = functools.partial(nn.LayerNorm, eps=1e-6)
@@ -25,9 +25,6 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList
     return nn.ModuleList(
         Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=_norm_layer) for _ in range(depth)
     )
-
-
-REP_POS_EMBEDS = ("zeros", "sincos")
 
 
 def _fixed_pos_embed(dim: int, grid: tuple[int, int], init: str = "sincos") -> nn.Parameter:

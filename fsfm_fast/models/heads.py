@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-HEADS = ("linear", "fas", "fas_pooled")
+from .configs import HEADS  # named beside the sizes: the parsers read them without torch
 FAS_HEADS = ("fas", "fas_pooled")
 ADAPTERS = ("", "fs")  # "": the whole detector is one model; "fs": FS-Adapter on a frozen encoder
 LINEAR_INIT_STD = 2e-5

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..runtime import cli
+from ..runtime import cli, flags
 from ..runtime.signals import StopSignal
 from .faces import CROP_SCALE, CROP_SIZE, DEFAULT_UPSAMPLE, DETECTORS
 from .inputs import IMAGE, MANIFEST, VIDEO, Input, scan
@@ -34,11 +34,11 @@ DEMO_VIDEOS, DEMO_FRAMES = 6, 24  # 6 real and 3 face-swapped videos of 24 frame
 
 def _common(p, *, detect: bool, parse: bool, frames: bool) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--workers", type=int, default=0, help="processes; 0: every available CPU")
-    p.add_argument("--num_shards", type=int, default=1, help="split the inputs into this many parts ...")
-    p.add_argument("--shard_index", type=int, default=0, help="... and process this one (0-based)")
+    p.add_argument("--workers", type=flags.count, default=0, help="processes; 0: every available CPU")
+    p.add_argument("--num_shards", type=flags.positive, default=1, help="split the inputs into this many parts ...")
+    p.add_argument("--shard_index", type=flags.count, default=0, help="... and process this one (0-based)")
     if frames:
-        p.add_argument("--num_frames", type=int, default=32, help="frames sampled uniformly per video")
+        p.add_argument("--num_frames", type=flags.positive, default=32, help="frames sampled uniformly per video")
         p.add_argument("--decode_device", choices=["cpu", "cuda"], default="cpu",
                        help="cuda: FFmpeg's NVDEC through PyAV, falling back to the CPU (not tested on a GPU here)")
     if detect:
@@ -47,8 +47,8 @@ def _common(p, *, detect: bool, parse: bool, frames: bool) -> None:
         p.add_argument("--upsample", type=int, choices=[0, 1, 2, 3], default=DEFAULT_UPSAMPLE,
                        help="dlib detectors: times the image is doubled first "
                             "(1: faces down to ~40 px, the reference's)")
-        p.add_argument("--crop_scale", type=float, default=CROP_SCALE, help="crop side / max(face box w, h)")
-        p.add_argument("--size", type=int, default=CROP_SIZE, help="side of the saved face crops")
+        p.add_argument("--crop_scale", type=flags.number(1.0), default=CROP_SCALE, help="crop side / max(face box w, h)")
+        p.add_argument("--size", type=flags.integer(16, 4096), default=CROP_SIZE, help="side of the saved face crops")
     if parse:
         p.add_argument("--parser", choices=PARSERS, default="landmark",
                        help="landmark: dlib 68 points -> LaPa-11 polygons (offline default); farl: FaRL's LaPa parser")
@@ -57,7 +57,7 @@ def _common(p, *, detect: bool, parse: bool, frames: bool) -> None:
                             "data: loading it runs the code inside with your permissions, so use only a file "
                             "you trust as you would any program")
         p.add_argument("--device", default="auto", help="device of the FaRL parser (auto: cuda when there is one)")
-        p.add_argument("--batch_size", type=int, default=16, help="faces per FaRL batch")
+        p.add_argument("--batch_size", type=flags.positive, default=16, help="faces per FaRL batch")
 
 
 def _cuda() -> bool:
@@ -67,7 +67,8 @@ def _cuda() -> bool:
 
 def get_args_parser():
     parser = cli.argument_parser(PROG, __doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command",
+                                help="what to prepare; each command has its own -h")
     style = {"allow_abbrev": False, "formatter_class": parser.formatter_class}
     p = sub.add_parser("frames", help="videos -> frames", **style)
     p.add_argument("--input", type=Path, required=True, help="a video or a folder of videos (searched recursively)")
@@ -89,14 +90,14 @@ def get_args_parser():
                    help="a class folder name and a folder of its videos/images (repeatable; a class may have several)")
     p.add_argument("--splits", type=Path, default=None,
                    help="folder with FaceForensics++'s train.json, val.json, test.json")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="without --splits: videos per class for val")
-    p.add_argument("--test_fraction", type=float, default=0.1, help="without --splits: videos per class for test")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split without --splits")
+    p.add_argument("--val_fraction", type=flags.probability, default=0.1, help="without --splits: videos per class for val")
+    p.add_argument("--test_fraction", type=flags.probability, default=0.1, help="without --splits: videos per class for test")
+    p.add_argument("--seed", type=flags.seed, default=0, help="seed of the split without --splits")
     _common(p, detect=True, parse=False, frames=True)
     p = sub.add_parser("demo", help="synthetic videos -> fine-tuning folder and pretraining shards", **style)
     p.add_argument("--out", type=Path, default=Path("output_prepare_demo"), help="output folder")
-    p.add_argument("--workers", type=int, default=0, help="processes; 0: every available CPU")
-    p.add_argument("--videos", type=int, default=DEMO_VIDEOS, help="real synthetic videos (and half as many fakes)")
+    p.add_argument("--workers", type=flags.count, default=0, help="processes; 0: every available CPU")
+    p.add_argument("--videos", type=flags.positive, default=DEMO_VIDEOS, help="real synthetic videos (and half as many fakes)")
     return parser
 
 

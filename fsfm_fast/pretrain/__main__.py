@@ -8,14 +8,18 @@ import sys
 import time
 from pathlib import Path
 
+from ..runtime import cli
+from .args import check_paths, parse_args
+
+if __name__ == "__main__":  # -h and flag errors answer before torch is imported (the imports below)
+    sys.exit(cli.run_verb("fsfm_fast.pretrain", parse_args, "fsfm_fast.pretrain.__main__"))
+
 from ..engine.checkpoint import plain_args
 from ..engine.run_log import RunLog
 from ..engine.trainer import Trainer, open_run
 from ..plots import final_pictures
-from ..runtime import cli
 from ..runtime.devices import autocast_dtype, device_type
 from ..runtime.distributed import DistInfo, barrier, process_group
-from .args import check_paths, parse_args
 from .task import SAME_RUN_KEYS, Pretraining, device_for
 
 
@@ -78,6 +82,3 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(parse_args(argv))
     return 0 if summary["iteration"] > 0 or summary["stopped_by_signal"] else 1
 
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.pretrain"))

@@ -7,16 +7,23 @@ import argparse
 from pathlib import Path
 
 from .. import demo
-from ..data.loaders import LOADERS, detect_layout
-from ..models import REP_POS_EMBEDS, get_config, list_models
+from ..models.configs import REP_POS_EMBEDS, list_models
 from ..runtime import cli, flags
 from ..runtime.cli import UsageError
+from ..runtime.flags import LOADERS
 
 DESCRIPTION = """FSFM-3C self-supervised pretraining: ``python -m fsfm_fast.pretrain``.
 
 With no ``--data_path`` it pretrains a tiny model on an embedded synthetic face set, on whatever device
 is there; with reference-layout folders or shard folders it runs the paper's recipe, on one GPU or many
 through ``torchrun``. Flag names follow the reference implementation's ``main_pretrain.py``.
+
+Examples:
+  python -m fsfm_fast.pretrain                                   # the demo: tiny model, synthetic faces
+  python -m fsfm_fast.pretrain --data_path DATA --output_dir out  # the recipe (ViT-B/16, 224 px, 400 epochs)
+  torchrun --nproc_per_node 8 -m fsfm_fast.pretrain --data_path SHARDS --batch_size 256
+
+"demo" in a flag's help: the value used without --data_path.
 """
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -40,19 +47,25 @@ DEMO_DEFAULTS = {
 def get_args_parser() -> argparse.ArgumentParser:
     p = cli.argument_parser("fsfm_fast.pretrain", DESCRIPTION)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="fsfm_vit_base_patch16", choices=list_models())
-    g.add_argument("--input_size", default=224, type=int)
+    g.add_argument("--model", default="fsfm_vit_base_patch16", choices=list_models(), help="network size")
+    g.add_argument("--input_size", default=224, type=flags.positive,
+                   help="image side in pixels, a multiple of the model's patch size")
     g.add_argument("--norm_pix_loss", dest="norm_pix_loss", action="store_true", default=True,
                    help="normalise each target patch by its mean/std (the recipe's setting)")
-    g.add_argument("--no_norm_pix_loss", dest="norm_pix_loss", action="store_false")
-    g.add_argument("--mask_ratio", default=0.75, type=float)
-    g.add_argument("--mask_strategy", default="crfr_p", choices=["crfr_p", "crfr_r", "fr", "random"])
+    g.add_argument("--no_norm_pix_loss", dest="norm_pix_loss", action="store_false",
+                   help="reconstruct raw pixels instead")
+    g.add_argument("--mask_ratio", default=0.75, type=flags.number(0.0, 1.0, low_open=True, high_open=True),
+                   help="fraction of the patches masked")
+    g.add_argument("--mask_strategy", default="crfr_p", choices=["crfr_p", "crfr_r", "fr", "random"],
+                   help="CRFR-P (the paper's), CRFR-R, facial-region or random masking")
     g.add_argument("--mask_region", default="batch", choices=["batch", "image"],
                    help="draw the covered facial region once per batch (reference) or per image")
-    g.add_argument("--weight_sfr", default=0.007, type=float)
-    g.add_argument("--weight_cl", default=0.1, type=float)
-    g.add_argument("--cl_loss", default="SimSiam", type=str.lower, choices=["simsiam", "byol"])
-    g.add_argument("--t_momentum", default=0.996, type=float, help="initial EMA momentum of the target")
+    g.add_argument("--weight_sfr", default=0.007, type=flags.non_negative,
+                   help="weight of the facial-region reconstruction loss")
+    g.add_argument("--weight_cl", default=0.1, type=flags.non_negative, help="weight of the contrastive loss")
+    g.add_argument("--cl_loss", default="SimSiam", type=str.lower, choices=["simsiam", "byol"],
+                   help="the contrastive loss between the online and target branches")
+    g.add_argument("--t_momentum", default=0.996, type=flags.probability, help="initial EMA momentum of the target")
     g.add_argument("--rep_decoder_pos_embed", default="zeros", choices=REP_POS_EMBEDS,
                    help="the rep decoder's frozen position embedding: zeros as the reference release "
                         "(faithful), or sin-cos (an ablation)")
@@ -64,12 +77,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     flags.add_batch_flag(g, 64)
-    g.add_argument("--epochs", default=400, type=int)
-    g.add_argument("--blr", default=1.5e-4, type=float, help="lr = blr * effective batch / 256")
-    g.add_argument("--lr", default=None, type=float, help="absolute lr (overrides --blr)")
-    g.add_argument("--min_lr", default=0.0, type=float)
-    g.add_argument("--warmup_epochs", default=40, type=int)
-    g.add_argument("--weight_decay", default=0.05, type=float)
+    g.add_argument("--epochs", default=400, type=flags.positive, help="passes over the data")
+    g.add_argument("--blr", default=1.5e-4, type=flags.learning_rate, help="lr = blr * effective batch / 256")
+    g.add_argument("--lr", default=None, type=flags.learning_rate, help="absolute lr (overrides --blr)")
+    g.add_argument("--min_lr", default=0.0, type=flags.non_negative, help="the lr that the cosine schedule ends at")
+    g.add_argument("--warmup_epochs", default=40, type=flags.count, help="epochs of linear lr warmup")
+    g.add_argument("--weight_decay", default=0.05, type=flags.non_negative, help="AdamW weight decay")
     flags.add_step_flags(g, clip_grad=1.0, clip_help="max grad norm (the recipe's 1.0); 0 disables")
     flags.add_device_flags(g)
     g.add_argument("--compile", nargs="?", const="default", default="none", choices=COMPILE_MODES,
@@ -86,9 +99,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--augment", "--apply_simple_augment", dest="augment", action="store_true",
                    help="random resized crop (0.2, 1) + flip, applied to image and parsing map alike")
     g.add_argument("--normalize_from_IMN", action="store_true", help="ImageNet mean/std instead of the data's")
-    g.add_argument("--mean_std_samples", default=0, type=int,
+    g.add_argument("--mean_std_samples", default=0, type=flags.count,
                    help="images used to compute the dataset mean/std; 0 = all (as the reference)")
-    g.add_argument("--synthetic_images", default=1024, type=int,
+    g.add_argument("--synthetic_images", default=1024, type=flags.positive,
                    help="size of the embedded synthetic set used when no --data_path is given")
     flags.add_worker_flag(g, 8)
 
@@ -97,12 +110,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a small labelled set (train/ and test/ class folders, e.g. identities) on which a k-NN probe "
                         "of the online and target encoders runs every --probe_every epochs (python -m "
                         "fsfm_fast.probe); 'synthetic': held-out synthetic identities written into the output folder")
-    g.add_argument("--probe_every", default=1, type=int, help="epochs between health-monitor probes")
+    g.add_argument("--probe_every", default=1, type=flags.positive, help="epochs between health-monitor probes")
 
     g = p.add_argument_group("run")
     flags.add_run_flags(g, output_dir="output_pretrain", keep_last=3, save_every=1000)
     g.add_argument("--log_dir", default=None, help="TensorBoard/JSON log folder (default: output_dir)")
-    return p
+    return demo.note_defaults(p, DEMO_DEFAULTS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,36 +125,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every flag's value, before anything is read or written: one line naming the flag."""
+    """What the typed flags cannot check alone (each number's range is its type's, ``runtime.flags``):
+    one line naming the flag, before anything is read or written."""
     flags.check(args)
-    if args.epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
-    for flag in ("warmup_epochs", "mean_std_samples"):
-        if getattr(args, flag) < 0:
-            raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    if args.demo and args.synthetic_images < 1:
-        raise UsageError(f"--synthetic_images must be >= 1, got {args.synthetic_images}")
-    if not args.blr > 0:
-        raise UsageError(f"--blr must be > 0, got {args.blr}")
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
-    for flag in ("min_lr", "weight_decay"):
-        if not getattr(args, flag) >= 0:
-            raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    if args.probe_every < 1:
-        raise UsageError(f"--probe_every must be >= 1, got {args.probe_every}")
-    if not 0.0 < args.mask_ratio < 1.0:
-        raise UsageError(f"--mask_ratio must be in (0, 1), got {args.mask_ratio}")
-    if not 0.0 <= args.t_momentum <= 1.0:
-        raise UsageError(f"--t_momentum must be in [0, 1], got {args.t_momentum}")
-    patch = get_config(args.model).patch_size
-    if args.input_size < patch or args.input_size % patch:
-        raise UsageError(f"--input_size {args.input_size} is not a multiple of {args.model}'s patch size {patch}")
 
 
 def check_paths(args: argparse.Namespace) -> None:
     """Every path, before any expensive work: data folders exist and have a known layout, the
     output folders can be written, a named checkpoint exists."""
+    from ..data.loaders import detect_layout  # torch: after the flags are parsed
+
     for path in args.data_path:
         if not Path(path).exists():
             raise UsageError(f"--data_path {path} does not exist")

@@ -7,8 +7,8 @@ import torch
 
 from .cli import UsageError
 from .distributed import DistInfo
+from .flags import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def device_type(name: str) -> str:
