@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 from fsfm_fast import export  # noqa: E402
 from fsfm_fast.demo import FINETUNE_DIR, FORGERY_DATA  # noqa: E402
 from fsfm_fast.evaluate import run_evaluation  # noqa: E402
-from fsfm_fast.models import DETECTOR_FORMAT, DetectorConfig  # noqa: E402
+from fsfm_fast.formats import DETECTOR_FORMAT  # noqa: E402
+from fsfm_fast.models import DetectorConfig  # noqa: E402
 from fsfm_fast.onnx_runtime import OnnxModel  # noqa: E402
 from fsfm_fast.formats import selected_checkpoint  # noqa: E402
 

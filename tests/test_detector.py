@@ -15,8 +15,8 @@ from fsfm_fast.formats import CheckpointError
 from fsfm_fast.runtime.cli import UsageError
 from fsfm_fast.data.labelled import LabelledImages, collate_labelled, read_split_file, samples_from
 from fsfm_fast.data.samples import FAKE, REAL, folder_label, parse_class_map
-from fsfm_fast.models import (DETECTOR_FORMAT, DetectorConfig, create_detector, create_online, load_detector,
-                              load_pretrained_encoder)
+from fsfm_fast.formats import DETECTOR_FORMAT
+from fsfm_fast.models import DetectorConfig, create_detector, create_online, load_detector, load_pretrained_encoder
 from fsfm_fast.formats import MEAN_STD_FILE
 
 TINY = "fsfm_vit_tiny_patch16"

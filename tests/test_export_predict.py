@@ -21,7 +21,8 @@ from fsfm_fast import export, predict
 from fsfm_fast.scorer import load_scorer
 from fsfm_fast.runtime import cli
 from fsfm_fast.formats import safe_load
-from fsfm_fast.models import DETECTOR_FORMAT, DetectorConfig, create_online
+from fsfm_fast.formats import DETECTOR_FORMAT
+from fsfm_fast.models import DetectorConfig, create_online
 from fsfm_fast.formats import MEAN_STD_FILE
 
 TINY = "fsfm_vit_tiny_patch16"
@@ -217,7 +218,8 @@ def test_encoder_only_export_gives_the_feature_the_head_reads(detector, tmp_path
 def test_export_of_an_adapter_checkpoint_rebuilds_the_detector_on_its_encoder(reference_ckpt, tmp_path, capsys):
     """An FS-Adapter checkpoint (trained parts only, FAS head) exports whole: the frozen encoder is read from
     the file it names; the folder loads through timm once fsfm_fast is imported, and through onnxruntime."""
-    from fsfm_fast.models import ADAPTER_FORMAT, load_pretrained_encoder
+    from fsfm_fast.formats import ADAPTER_FORMAT
+    from fsfm_fast.models import load_pretrained_encoder
     from fsfm_fast.models.adapter import encoder_reference, trained_state
     torch.manual_seed(2)
     config = DetectorConfig(model=TINY, img_size=SIZE, mean=tuple(STATS["mean"]), std=tuple(STATS["std"]),
@@ -374,7 +376,8 @@ def face_crops(tmp_path_factory):
 def fas_checkpoint(request, reference_ckpt, tmp_path_factory):
     """An anti-spoofing detector checkpoint recording a source-selected threshold: a whole detector with the
     reference's FAS head, or an FS-Adapter checkpoint (trained parts only) on the release encoder."""
-    from fsfm_fast.models import ADAPTER_FORMAT, load_pretrained_encoder
+    from fsfm_fast.formats import ADAPTER_FORMAT
+    from fsfm_fast.models import load_pretrained_encoder
     from fsfm_fast.models.adapter import encoder_reference, trained_state
     adapter = request.param == "fs_adapter"
     torch.manual_seed(6)

@@ -21,7 +21,8 @@ from fsfm_fast.data.forgery import write_forgery_benchmark
 from fsfm_fast.data.sampler import BalancedBatchSampler
 from fsfm_fast.data.spoof import write_spoof_benchmark
 from fsfm_fast.metrics import eer_threshold, fas_metrics, grid_eer_threshold, grid_thresholds, hter, tpr_at_fpr
-from fsfm_fast.models import ADAPTER_FORMAT, create_detector, load_detector, real_anchored_contrastive
+from fsfm_fast.formats import ADAPTER_FORMAT
+from fsfm_fast.models import create_detector, load_detector, real_anchored_contrastive
 from fsfm_fast.models.adapter import freeze_encoder, load_adapter_detector, trained_state
 from fsfm_fast.models.heads import FASHead, FSAdapterHead, InPlaceNormalizedLinear, NormalizedLinear
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from fsfm_fast import evaluate, export, predict
 from fsfm_fast.scorer import export_transform
-from fsfm_fast.models import DETECTOR_FORMAT, DetectorConfig
+from fsfm_fast.formats import DETECTOR_FORMAT
+from fsfm_fast.models import DetectorConfig
 from fsfm_fast.onnx_runtime import OnnxModel, choose_runtime
 from fsfm_fast.runtime import cli
 

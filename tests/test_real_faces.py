@@ -30,7 +30,8 @@ pytest.importorskip("cv2")
 from fsfm_fast import predict  # noqa: E402
 from fsfm_fast.runtime import cli  # noqa: E402
 from fsfm_fast.data.synthetic import LEFT_EYE, RIGHT_EYE, SKIN  # noqa: E402
-from fsfm_fast.models import DETECTOR_FORMAT, DetectorConfig  # noqa: E402
+from fsfm_fast.formats import DETECTOR_FORMAT  # noqa: E402
+from fsfm_fast.models import DetectorConfig  # noqa: E402
 from fsfm_fast.prepare import sample_frames  # noqa: E402
 from fsfm_fast.prepare.faces import (Box, DlibCnnDetector, DlibHogDetector, box_in_crop, crop_face,  # noqa: E402
                                      crop_region, largest_face)
