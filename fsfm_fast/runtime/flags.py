@@ -143,7 +143,8 @@ def add_step_flags(group, *, clip_grad: float, clip_help: str) -> None:
     group.add_argument("--accum_iter", default=1, type=positive, help="micro-batches per optimizer step")
     group.add_argument("--clip_grad", default=clip_grad, type=non_negative, help=clip_help)
     group.add_argument("--max_steps", default=0, type=count,
-                       help="stop after this many iterations (schedules still span the whole run); 0 = no cap")
+                       help="stop after this many iterations, rounded up to whole --accum_iter cycles (schedules still "
+                            "span the whole run); 0 = no cap")
     group.add_argument("--max_nonfinite", default=20, type=positive,
                        help="stop with an error after this many non-finite losses or gradients in a row "
                             "(checked when logging, every --log_every iterations)")
