@@ -54,12 +54,17 @@ DEMO_DEFAULTS = {
 ADAPTER_DEFAULTS = {"blr": 5e-3, "weight_decay": 0.0}
 
 
+def add_model_flags(group) -> None:
+    """The encoder size and input size, as both fine-tuning verbs take them."""
+    group.add_argument("--model", default="fsfm_vit_base_patch16", choices=list_models(), help="encoder size")
+    group.add_argument("--input_size", default=224, type=flags.positive,
+                       help="image side in pixels, a multiple of the model's patch size")
+
+
 def get_args_parser():
     p = cli.argument_parser("fsfm_fast.finetune", cli.module_doc("fsfm_fast.finetune.deepfake"))
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="fsfm_vit_base_patch16", choices=list_models(), help="encoder size")
-    g.add_argument("--input_size", default=224, type=flags.positive,
-                   help="image side in pixels, a multiple of the model's patch size")
+    add_model_flags(g)
     g.add_argument("--finetune", default="",
                    help="pretrained weights: our pretraining checkpoint, the reference's checkpoint-400.pth, a "
                         "detector checkpoint, or a timm state_dict / .safetensors; '' trains from scratch; 'auto' "
@@ -177,9 +182,7 @@ FAS_ADAPTER_DEFAULTS = {"lr": 5e-2, "weight_decay": 5e-5}
 def get_fas_parser():
     p = cli.argument_parser("fsfm_fast.finetune_fas", cli.module_doc("fsfm_fast.finetune.fas"))
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="fsfm_vit_base_patch16", choices=list_models(), help="encoder size")
-    g.add_argument("--input_size", default=224, type=flags.positive,
-                   help="image side in pixels, a multiple of the model's patch size")
+    add_model_flags(g)
     g.add_argument("--finetune", "--pt_model", dest="finetune", default="",
                    help="pretrained encoder (as fsfm_fast.finetune --finetune); 'auto' (the demo's default) takes the "
                         "newest " + demo.PRETRAIN_DIR + "/checkpoint-*.pth if there is one")
