@@ -13,6 +13,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from .. import demo
 from ..data.labelled import LabelledImages
+from ..engine import run_folder
 from ..engine.checkpoint import CheckpointManager
 from ..evaluate import score_dataset
 from ..formats import ADAPTER_FORMAT, DETECTOR_FORMAT, CheckpointError, choose_mean_std, load_state_dict_strict
@@ -22,7 +23,7 @@ from ..models.adapter import (encoder_reference, freeze_encoder, load_trained_st
 from ..models.detector import DetectorConfig, PretrainedEncoder, detector_config, load_pretrained_encoder
 from ..runtime import cli
 from ..runtime.devices import autocast_dtype, resolve_device
-from ..runtime.distributed import DistInfo
+from ..runtime.distributed import DistInfo, barrier
 
 
 def add_adapter_flags(parser, weight_cl: float) -> None:
@@ -123,11 +124,14 @@ def validator(sets: dict[str, LabelledImages], *, batch_size: int, num_workers: 
 
 
 def run_place(args, info: DistInfo) -> tuple[torch.device, torch.dtype | None, Path]:
-    """This process's device and autocast dtype, and ``--output_dir``, proved writable by the main process."""
+    """This process's device and autocast dtype, and ``--output_dir``, proved writable by the main process
+    and free of another run's results (``engine.run_folder``)."""
     device = resolve_device(args.device, info)
     out_dir = Path(args.output_dir)
     if info.is_main:
         cli.ensure_writable_dir(out_dir)
+        run_folder.claim([out_dir], resume=args.resume, overwrite=args.overwrite)
+    barrier(info)  # no rank reads the folder while the main process clears it
     return device, autocast_dtype(args.precision, device), out_dir
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..engine import run_folder
 from ..engine.checkpoint import plain_args
 from ..engine.run_log import RunLog
 from ..engine.trainer import Trainer, open_run
@@ -25,6 +26,7 @@ def build(args: argparse.Namespace, info: DistInfo) -> tuple[Trainer, Pretrainin
     say = print if info.is_main else (lambda text: None)
     if info.is_main:
         check_paths(args)
+        run_folder.claim([args.output_dir, args.log_dir], resume=args.resume, overwrite=args.overwrite)
     barrier(info)
     manager, resumed = open_run(Path(args.output_dir), keep_last=args.keep_last, resume=args.resume,
                                 args=plain_args(args), info=info, say=say, same_run=SAME_RUN_KEYS,

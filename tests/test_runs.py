@@ -1,0 +1,95 @@
+"""Run folders, stops and outputs of the downstream verbs, as a user meets them: a run never replaces
+another run's results silently, a stop on a validation step still validates, unreadable validation
+images are named, outputs are checked before the work, and log files stay plain lines."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from fsfm_fast.data.forgery import write_forgery_benchmark
+from fsfm_fast.engine import run_folder
+from fsfm_fast.engine.run_log import read_log
+from fsfm_fast.engine.trainer import Trainer
+from fsfm_fast.finetune import deepfake as finetune
+from fsfm_fast.formats import safe_load
+from fsfm_fast.runtime.cli import UsageError
+
+TINY = "fsfm_vit_tiny_patch16"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    return write_forgery_benchmark(tmp_path_factory.mktemp("bench"), seed=1, size=32, frames_per_video=2,
+                                   identities={"train": 6, "val": 2, "test": 2}, workers=1)
+
+
+def _argv(data: Path, out: Path, *extra: str) -> list[str]:
+    # 48 training images: 6 iterations per epoch at batch 8
+    return ["--data_path", str(data), "--output_dir", str(out), "--model", TINY, "--input_size", "32",
+            "--batch_size", "8", "--epochs", "2", "--warmup_epochs", "1", "--blr", "0.02", "--num_workers", "0",
+            "--log_every", "1", "--device", "cpu", "--aa", "none", "--mixup", "0", "--cutmix", "0", *extra]
+
+
+def _signal_during(monkeypatch, iteration: int) -> None:
+    """SIGTERM this process while it trains iteration ``iteration`` (1-based), as `timeout` would."""
+    original = Trainer.train_step
+
+    def step(self, batch):
+        if self.state.iteration == iteration - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+def test_a_stop_on_a_validation_step_validates_and_selects_as_an_uninterrupted_run(bench, tmp_path, monkeypatch):
+    """Stopped during iteration 3 of a run that validates every 3: the resumed run has the val rows
+    and the selected checkpoint of the run never stopped."""
+    every = ("--eval_every", "3", "--max_steps", "9")
+    assert finetune.main(_argv(bench, tmp_path / "full", *every)) == 0
+    with monkeypatch.context() as m:
+        _signal_during(m, 3)
+        assert finetune.main(_argv(bench, tmp_path / "part", *every)) == 0
+    assert finetune.main(_argv(bench, tmp_path / "part", *every, "--resume", "auto")) == 0
+    full, part = (read_log(tmp_path / name / "log.jsonl", "val") for name in ("full", "part"))
+    assert [r["step"] for r in part] == [r["step"] for r in full] == [3, 6, 9]
+    assert [r["val/loss"] for r in part] == [r["val/loss"] for r in full]
+    best = [safe_load(tmp_path / name / "checkpoint-best.pth")["selection"] for name in ("full", "part")]
+    assert best[0] == best[1]
+
+
+def test_a_second_run_into_a_used_folder_is_refused_unless_told_to_overwrite(bench, tmp_path):
+    """Another seed and learning rate into the same folder, no --resume: one line, nothing replaced;
+    --overwrite starts afresh (no checkpoint or log row of the first run is left)."""
+    out = tmp_path / "run"
+    assert finetune.main(_argv(bench, out, "--max_steps", "2")) == 0
+    best = (out / "checkpoint-best.pth").read_bytes()
+    with pytest.raises(UsageError, match=r"holds the results of another run .*--resume auto.*--overwrite"):
+        finetune.main(_argv(bench, out, "--max_steps", "2", "--seed", "1", "--blr", "0.01"))
+    assert (out / "checkpoint-best.pth").read_bytes() == best
+    assert finetune.main(_argv(bench, out, "--max_steps", "4", "--seed", "1", "--overwrite")) == 0
+    assert [r["step"] for r in read_log(out / "log.jsonl")] == [1, 2, 3, 4]
+    assert safe_load(out / "checkpoint-best.pth")["args"]["seed"] == 1
+    assert sorted(p.name for p in out.glob("checkpoint-[0-9]*.pth")) == ["checkpoint-00000004.pth"]
+
+
+def test_the_demo_folder_is_replaced_and_data_kept(tmp_path):
+    """The demo's own folder: a second demo run replaces the first (its data is reused); a demo into
+    another folder follows the rule of every run."""
+    from fsfm_fast import demo
+    from fsfm_fast.finetune.fas import parse_args as fas_args
+    from fsfm_fast.pretrain.args import parse_args as pretrain_args
+    for parse in (finetune.parse_args, fas_args, pretrain_args):
+        assert parse([]).overwrite, parse
+        assert not parse(["--resume", "auto"]).overwrite
+        assert not parse(["--output_dir", str(tmp_path)]).overwrite
+    folder = tmp_path / demo.FINETUNE_DIR
+    (folder / demo.FORGERY_DATA).mkdir(parents=True)
+    (folder / "log.jsonl").write_text("{}\n")
+    (folder / "seed_0").mkdir()
+    (folder / "seed_0" / "checkpoint-3.pth").write_bytes(b"")
+    run_folder.claim([folder], resume="", overwrite=True, say=lambda text: None)
+    assert sorted(p.name for p in folder.iterdir()) == [demo.FORGERY_DATA]
