@@ -4,6 +4,7 @@ images are named, outputs are checked before the work, and log files stay plain 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -93,3 +94,17 @@ def test_the_demo_folder_is_replaced_and_data_kept(tmp_path):
     (folder / "seed_0" / "checkpoint-3.pth").write_bytes(b"")
     run_folder.claim([folder], resume="", overwrite=True, say=lambda text: None)
     assert sorted(p.name for p in folder.iterdir()) == [demo.FORGERY_DATA]
+
+
+def test_an_unreadable_validation_image_is_named(bench, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(bench, data)
+    broken = sorted((data / "val" / "real").iterdir())[0]
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "run"
+    assert finetune.main(_argv(data, out, "--max_steps", "2", "--eval_every", "1")) == 0
+    rows = (out / "skipped.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[:2] for r in rows] == [["1", str(broken)], ["2", str(broken)]]
+    assert all("left out of validation split 'val'" in r for r in rows)
+    screen = capsys.readouterr().out
+    assert screen.count(f"skipped unreadable sample: {broken}") == 1  # named once on screen

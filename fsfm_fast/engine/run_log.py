@@ -26,6 +26,7 @@ class RunLog:
         self.skipped_path = Path(output_dir) / "skipped.tsv"
         self._tb = None
         self._bar = None
+        self._named: set[tuple[str, str]] = set()
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,9 @@ class RunLog:
             drop_rows_after(self.skipped_path, step, step_of=_tsv_step)
 
     def skipped(self, step: int, samples: list[tuple[str, str]]) -> None:
-        """Name each unreadable sample of a batch, ``(path, reason)``, in skipped.tsv and on screen."""
+        """Name each unreadable sample of a batch or a validation, ``(path, reason)``, in skipped.tsv
+        (every time, with its step) and on screen (once per sample and reason: the same file, unreadable
+        again at every epoch or validation, would bury the other lines)."""
         if not self.enabled or not samples:
             return
         new = not self.skipped_path.is_file()
@@ -64,7 +67,9 @@ class RunLog:
             for name, reason in samples:
                 reason = " ".join(str(reason).split()) or "unreadable"  # one line, no tabs
                 f.write(f"{step}\t{name}\t{reason}\n")
-                self.message(f"skipped unreadable sample: {name} ({reason})")
+                if (name, reason) not in self._named:
+                    self._named.add((name, reason))
+                    self.message(f"skipped unreadable sample: {name} ({reason})")
 
     def progress(self, n: int, **postfix: Any) -> None:
         if self._bar is not None:

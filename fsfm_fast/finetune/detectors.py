@@ -106,19 +106,21 @@ class DetectionLoss:
 def validator(sets: dict[str, LabelledImages], *, batch_size: int, num_workers: int, device, amp_dtype,
               info: DistInfo, metrics=None):
     """``validate(model)``: cross-entropy (no smoothing) and ``metrics(dataset, scores)`` (default: frame
-    metrics) over each whole split."""
-    def validate(model) -> dict[str, dict[str, float]]:
-        results = {}
+    metrics) over each whole split, and the samples that could not be read, ``(path, why)``, for the
+    engine to name (a validation set that silently shrinks changes the selection unseen)."""
+    def validate(model) -> tuple[dict[str, dict[str, float]], list[tuple[str, str]]]:
+        results, skipped = {}, []
         for name, dataset in sets.items():
             scores = score_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
                                    amp_dtype=amp_dtype, info=info)
+            skipped += [(path, f"left out of validation split '{name}': {reason}") for path, reason in scores.skipped]
             labels = dataset.labels[scores.index]
             loss = F.cross_entropy(torch.from_numpy(scores.logits).float(), torch.from_numpy(labels)).item()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SingleClassWarning)
                 found = metrics(dataset, scores) if metrics else frame_metrics(labels, scores.positive_prob)
                 results[name] = {"loss": loss, **found, "images": int(labels.size)}
-        return results
+        return results, skipped
     return validate
 
 
