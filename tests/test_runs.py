@@ -8,14 +8,20 @@ import shutil
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
 
+from fsfm_fast import predict
 from fsfm_fast.data.forgery import write_forgery_benchmark
 from fsfm_fast.engine import run_folder
 from fsfm_fast.engine.run_log import read_log
 from fsfm_fast.engine.trainer import Trainer
 from fsfm_fast.finetune import deepfake as finetune
 from fsfm_fast.formats import safe_load
+from fsfm_fast.inference import Contract
+from fsfm_fast.prepare.inputs import Input
 from fsfm_fast.runtime.cli import UsageError
 
 TINY = "fsfm_vit_tiny_patch16"
@@ -108,3 +114,53 @@ def test_an_unreadable_validation_image_is_named(bench, tmp_path, capsys):
     assert all("left out of validation split 'val'" in r for r in rows)
     screen = capsys.readouterr().out
     assert screen.count(f"skipped unreadable sample: {broken}") == 1  # named once on screen
+
+
+def test_predict_checks_its_outputs_before_any_work_and_leaves_no_temp_file(tmp_path):
+    image = tmp_path / "face.png"
+    Image.new("RGB", (32, 32)).save(image)
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    # the detector does not exist either: the outputs are checked first, before anything is loaded
+    for flag in ("--output", "--save_faces"):
+        with pytest.raises(UsageError, match=f"{flag} {folder} is a folder: give a file name"):
+            predict.main([str(image), "--detector", str(tmp_path / "absent"), flag, str(folder)])
+    with pytest.raises(UsageError, match="name the same file"):
+        predict.main([str(image), "--detector", "x", "--output", "a.png", "--save_faces", "a.png"])
+
+    def fails(tmp):
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        predict.save_replacing(tmp_path / "scores.jsonl", fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "face.png"]
+
+
+def _results(n: int) -> list:
+    """``n`` scored faces: images fake_face_swap_person_000.png ... with rising scores."""
+    thumb = np.full((predict.THUMB, predict.THUMB, 3), 128, np.uint8)
+    return [predict.Result(Input(Path(f"/data/fake_face_swap_person_{i:03d}.png"), "x", "image"),
+                           predict.Found(i, faces=[predict.Face(None, None, torch.zeros(1), thumb)]), [i / n])
+            for i in range(n)]
+
+
+def test_contact_sheet_says_what_it_shows(tmp_path, capsys):
+    contract = Contract(("real", "fake"), "fake")
+    path = tmp_path / "faces.png"
+    assert predict.contact_sheet(_results(10), 0.5, path, 4, contract, title="demo detector",
+                                 truth={"/data/fake_face_swap_person_000.png": "fake"}) == (4, 10)
+    sheet = Image.open(path)
+    cell_h = predict.THUMB + 8 + 3 * predict.SHEET_LINE + 2  # three caption lines: name, score, truth
+    assert sheet.size[1] == predict.SHEET_HEADER + cell_h
+    header = predict.sheet_header("demo detector", 4, 10, 0.5, contract)
+    assert header[0] == "demo detector"
+    assert "red border: called fake (P(fake) >= 0.5)" in header[1] and "green: called real" in header[1]
+    assert header[2].startswith("the first 4 of 10 scored faces (--sheet_max 4")
+    assert predict.sheet_header("t", 10, 10, 0.5, contract)[2] == "all 10 scored faces"
+    # a name too long for its tile keeps its start and its end, which tell files apart
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    short = predict.fit_text(draw, "fake_face_swap_person_007.png #12", predict.THUMB, font)
+    assert short.startswith("fake") and short.endswith("007.png #12") and ".." in short
+    assert draw.textlength(short, font=font) <= predict.THUMB
