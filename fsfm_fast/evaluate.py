@@ -177,6 +177,25 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def roc_curves(name: str, picked: list[Sample], prob: np.ndarray, entry: dict
+               ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """The frame-level ROC curves of one scored set, named as the rows of its table: the whole set, then
+    each fake class against all the reals (``set_metrics``'s ``by_class``), whose differences the pooled
+    curve hides. A group without both labels has no curve."""
+    labels = np.array([s.label for s in picked], dtype=np.int64)
+    classes = np.array([s.cls for s in picked])
+    parts = [(name if "by_class" not in entry else f"{name} (all types)", np.ones(labels.size, bool), entry)]
+    for cls, e in entry.get("by_class", {}).items():
+        parts.append((f"{name} / {cls} ({'seen' if e['seen_in_training'] else 'unseen'})",
+                      (labels == 0) | (classes == cls), e))
+    curves = {}
+    for label, keep, e in parts:
+        if np.unique(labels[keep]).size == 2:
+            fpr, tpr, _ = roc_curve(labels[keep], prob[keep])
+            curves[label] = (fpr, tpr, e["frame"]["auc"])
+    return curves
+
+
 def write_outputs(out_dir: Path, metrics: dict, scored: dict[str, tuple[list[Sample], Scores]],
                   header: str) -> str:
     from .plots import plot_roc
@@ -191,10 +210,7 @@ def write_outputs(out_dir: Path, metrics: dict, scored: dict[str, tuple[list[Sam
             for i, p in zip(scores.index, prob):
                 s = samples[i]
                 writer.writerow([name, s.path, s.video, s.cls, s.label, f"{p:.6f}"])
-            labels = np.array([samples[i].label for i in scores.index])
-            if np.unique(labels).size == 2:
-                fpr, tpr, _ = roc_curve(labels, prob)
-                curves[name] = (fpr, tpr, metrics[name]["frame"]["auc"])
+            curves.update(roc_curves(name, [samples[i] for i in scores.index], prob, metrics[name]))
             skipped += [(name, path, reason) for path, reason in scores.skipped]
     if curves:
         plot_roc(curves, out_dir / "roc.png", title="frame-level ROC")

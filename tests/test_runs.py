@@ -164,3 +164,24 @@ def test_contact_sheet_says_what_it_shows(tmp_path, capsys):
     short = predict.fit_text(draw, "fake_face_swap_person_007.png #12", predict.THUMB, font)
     assert short.startswith("fake") and short.endswith("007.png #12") and ".." in short
     assert draw.textlength(short, font=font) <= predict.THUMB
+
+
+@pytest.mark.filterwarnings("ignore:frame_metrics")  # the reals-only set: no curve, and its AUC is NaN
+def test_evaluate_draws_a_roc_curve_per_set_and_per_fake_type(tmp_path):
+    from fsfm_fast import evaluate
+    from fsfm_fast.data.labelled import Sample
+    from fsfm_fast.evaluate import Scores
+    samples = [Sample(f"{cls}/{i}.png", int(cls != "real"), f"{cls}/v{i}", cls)
+               for cls in ("real", "fake_swap", "fake_rerender") for i in range(4)]
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(12, 2)).astype(np.float32)
+    scored = {"synthetic": (samples, Scores(np.arange(12), logits, [])),
+              "reals_only": (samples[:4], Scores(np.arange(4), logits[:4], []))}
+    metrics = {name: evaluate.set_metrics(s, sc, train_classes=("fake_swap", "real"))
+               for name, (s, sc) in scored.items()}
+    curves = evaluate.roc_curves("synthetic", samples, scored["synthetic"][1].positive_prob, metrics["synthetic"])
+    assert list(curves) == ["synthetic (all types)", "synthetic / fake_rerender (unseen)",
+                            "synthetic / fake_swap (seen)"]
+    assert curves["synthetic / fake_swap (seen)"][2] == metrics["synthetic"]["by_class"]["fake_swap"]["frame"]["auc"]
+    evaluate.write_outputs(tmp_path, metrics, scored, "header")
+    assert (tmp_path / "roc.png").stat().st_size > 0
