@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from fsfm_fast import predict
 from fsfm_fast.data.forgery import write_forgery_benchmark
 from fsfm_fast.engine import run_folder
-from fsfm_fast.engine.run_log import read_log
+from fsfm_fast.engine.run_log import RunLog, read_log
 from fsfm_fast.engine.trainer import Trainer
 from fsfm_fast.finetune import deepfake as finetune
 from fsfm_fast.formats import safe_load
@@ -112,8 +112,9 @@ def test_an_unreadable_validation_image_is_named(bench, tmp_path, capsys):
     rows = (out / "skipped.tsv").read_text().splitlines()[1:]
     assert [r.split("\t")[:2] for r in rows] == [["1", str(broken)], ["2", str(broken)]]
     assert all("left out of validation split 'val'" in r for r in rows)
-    screen = capsys.readouterr().out
-    assert screen.count(f"skipped unreadable sample: {broken}") == 1  # named once on screen
+    screen = capsys.readouterr()
+    assert screen.out.count(f"skipped unreadable sample: {broken}") == 1  # named once on screen
+    assert "\r" not in screen.out + screen.err  # no terminal here: plain lines, no progress bar frames
 
 
 def test_predict_checks_its_outputs_before_any_work_and_leaves_no_temp_file(tmp_path):
@@ -185,3 +186,25 @@ def test_evaluate_draws_a_roc_curve_per_set_and_per_fake_type(tmp_path):
     assert curves["synthetic / fake_swap (seen)"][2] == metrics["synthetic"]["by_class"]["fake_swap"]["frame"]["auc"]
     evaluate.write_outputs(tmp_path, metrics, scored, "header")
     assert (tmp_path / "roc.png").stat().st_size > 0
+
+
+def test_without_a_terminal_progress_and_messages_are_plain_lines(tmp_path, capsys):
+    log = RunLog(tmp_path, enabled=True, tensorboard=False, total=100)  # pytest's stderr is not a terminal
+    log.start_at(40)  # a resumed run: its first 40 iterations are not this process's work
+    log.message("fsfm_fast finetune: ...")
+    for _ in range(60):
+        log.progress(1, loss=0.5)
+    log.close()
+    screen = capsys.readouterr()
+    assert "\r" not in screen.out + screen.err and screen.err == ""
+    lines = screen.out.splitlines()
+    assert lines[0] == "fsfm_fast finetune: ..."
+    assert lines[1].startswith("training: 45/100 it (45%), ") and lines[1].endswith(", loss 0.5")
+    assert lines[-1].startswith("training: 100/100 it (100%)") and len(lines) == 1 + 12  # one per 5 iterations
+
+
+def test_demo_data_written_before_is_said_to_be_reused(bench):
+    said = []
+    write_forgery_benchmark(bench, seed=1, size=32, frames_per_video=2, identities={"train": 6, "val": 2, "test": 2},
+                            workers=1, say=said.append)
+    assert said == [f"reusing the synthetic forgery benchmark in {bench}"]

@@ -182,7 +182,7 @@ class Trainer:
         s, state = self.settings, self.state
         if self.info.is_main:
             write_json(s.output_dir / "args.json", s.args)
-        self.log.progress(state.iteration)
+        self.log.start_at(state.iteration)
         self.window_start = time.perf_counter()
         stopped = False
         try:
