@@ -30,8 +30,8 @@ its row and on stderr, and the run goes on; frames that could not be decoded or 
 in their video's row. The exit status is 0 when at least one
 input was scored.
 
-``--demo`` exports the demo detector of ``python -m fsfm_fast.finetune`` (or says to run that first),
-writes a few synthetic real and fake videos, scores them through this same path, and prints the scores
+``--demo`` exports the demo detector of ``python -m fsfm_fast.finetune`` (or says to run that first)
+into its own folder (``output_demo_predict/detector``; the export demo's folder is not touched), writes a few synthetic real and fake videos, scores them through this same path, and prints the scores
 next to the truth.
 """
 from __future__ import annotations
@@ -64,6 +64,7 @@ from .prepare.video import VideoError, count_frames, sample_frames, sample_indic
 from .runtime.signals import ignore_stop_signals
 
 THUMB = 112  # contact sheet tile side
+DEMO_DETECTOR = "detector"  # --demo's export of the demo detector, inside its folder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -559,15 +560,17 @@ def run_demo(args) -> list[Result]:
     the faces (composited, found by the face detector, cropped) and as the generator's own frames at the
     detector's input size (no face detection: the crops the demo detector was trained on)."""
     from .data.synthetic_video import write_forgery_videos
-    from .export import DEMO_EXPORT_DIR, export, load_exportable
+    from .export import export, load_exportable
     checkpoint = selected_checkpoint(FINETUNE_DIR)
     if not checkpoint.is_file():
         raise cli.UsageError(f"no demo detector at {checkpoint}: run python -m fsfm_fast.finetune first "
                              "(it trains one on the CPU in a few minutes), then this again")
     out = cli.ensure_writable_dir(Path(DEMO_OUTPUT_DIR), "the demo folder")
-    print(f"exporting the demo detector {checkpoint} to {DEMO_EXPORT_DIR}/", flush=True)
+    # its own export, inside its own folder: the export demo's folder (output_demo_export) is not touched
+    exported = out / DEMO_DETECTOR
+    print(f"exporting the demo detector {checkpoint} to {exported}/", flush=True)
     item = load_exportable(checkpoint)
-    export(item, cli.ensure_writable_dir(Path(DEMO_EXPORT_DIR)), checkpoint)
+    export(item, cli.ensure_writable_dir(exported), checkpoint)
     passes = {"filmed": ("as filmed: moving faces composited on a cluttered background, found by the face detector",
                          dict(composite=True), args.face_detector),
               "frames": (f"the generator's own {item.img_size} px frames, as the demo detector was trained on them "
@@ -577,7 +580,7 @@ def run_demo(args) -> list[Result]:
         print(f"\n== demo videos {what}", flush=True)
         videos = write_forgery_videos(out / name / "videos", people=2, num_frames=8, **video_args)
         truth = {str(path): "real" if kind == "real" else f"fake ({kind})" for path, kind in videos}
-        args.inputs, args.detector, args.face_detector = [str(path) for path, _ in videos], DEMO_EXPORT_DIR, detector
+        args.inputs, args.detector, args.face_detector = [str(path) for path, _ in videos], str(exported), detector
         args.num_frames = min(args.num_frames, 8)
         args.output, args.save_faces = str(out / name / "predictions.jsonl"), str(out / name / "faces.png")
         found, threshold = run(args, truth)

@@ -208,3 +208,20 @@ def test_demo_data_written_before_is_said_to_be_reused(bench):
     write_forgery_benchmark(bench, seed=1, size=32, frames_per_video=2, identities={"train": 6, "val": 2, "test": 2},
                             workers=1, say=said.append)
     assert said == [f"reusing the synthetic forgery benchmark in {bench}"]
+
+
+def test_export_with_no_checkpoint_says_what_it_exports(tmp_path, monkeypatch):
+    from fsfm_fast import demo, export
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / demo.PRETRAIN_DIR).mkdir()
+    (tmp_path / demo.PRETRAIN_DIR / "checkpoint-00000008.pth").write_bytes(b"")
+    path, why = export.demo_checkpoint()
+    assert path == Path(demo.PRETRAIN_DIR) / "checkpoint-00000008.pth"
+    assert "exporting the ENCODER of the demo pretraining run" in why and "predict needs a detector" in why
+    detector = tmp_path / demo.FINETUNE_DIR / "checkpoint-best.pth"
+    detector.parent.mkdir()
+    detector.write_bytes(b"")
+    path, why = export.demo_checkpoint()
+    assert path == Path(demo.FINETUNE_DIR) / "checkpoint-best.pth" and "exporting the demo detector" in why
+    # predict --demo exports into its own folder, never into the export demo's
+    assert Path(demo.PREDICT_DIR) / predict.DEMO_DETECTOR != Path(demo.EXPORT_DIR)
