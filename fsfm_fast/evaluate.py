@@ -15,9 +15,11 @@ it is ``>=`` the threshold: ``--threshold``, else the one the detector records (
 else 0.5; the table and ``metrics.json`` say which.
 
 Outputs in ``--output_dir``: ``metrics.json`` (``{set: {"frame": {...}, "video": {...}, "n_images",
-"n_videos", ...}}``), ``scores.csv`` (set, path, video, class, label, score), ``roc.png``, ``table.md``
-(the printed table), and ``skipped.tsv`` when images could not be read. With no flags it evaluates the
-demo detector of ``python -m fsfm_fast.finetune`` on its synthetic test set.
+"n_videos", ...}}``), ``scores.csv`` (set, path, video, class, label, score), ``roc.png`` (a curve per set
+and per fake class), ``table.md`` (the printed table), ``evaluated.json`` (the checkpoint and test sets
+these are of: evaluating them again replaces them; another evaluation there needs ``--overwrite``), and
+``skipped.tsv`` when images could not be read. With no flags it evaluates the demo detector of
+``python -m fsfm_fast.finetune`` on its synthetic test set.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from .runtime import cli, flags
 from .demo import demo_evaluation
+from .engine import run_folder
 from .data.labelled import LabelledImages, Sample, collate_labelled, parse_class_map, samples_from
 from .runtime.devices import autocast, autocast_dtype, device_type, resolve_device
 from .runtime.distributed import DistInfo, barrier, gather_objects, gather_rows, process_group
@@ -280,6 +283,7 @@ def run_evaluation(checkpoint: str | Path, tests: dict[str, str], output_dir: st
                   f"score {contract.score}; called {contract.positive_class} when score >= {threshold:g} "
                   f"({threshold_source})")
         table = write_outputs(Path(output_dir), metrics, scored, header)
+        run_folder.record_evaluation(output_dir, run_folder.evaluation_of(checkpoint, tests))
         print(table)
         print(f"wrote metrics.json, scores.csv, roc.png and table.md to {output_dir}")
     barrier(info)
@@ -293,6 +297,8 @@ def get_args_parser():
     p.add_argument("--test", action="append", default=[], metavar="NAME=PATH[,PATH...]",
                    help="a test set; repeat for several (default: the demo's synthetic test set)")
     p.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of another evaluation (other checkpoint or test sets) in --output_dir")
     flags.add_batch_flag(p, 64)
     flags.add_worker_flag(p, 4)
     flags.add_device_flags(p)
@@ -323,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     with process_group(device_type(args.device)) as info:
         if info.is_main:
             cli.ensure_writable_dir(output_dir)
+            run_folder.claim_evaluation(output_dir, run_folder.evaluation_of(args.checkpoint, tests),
+                                        overwrite=args.overwrite)
         device = resolve_device(args.device, info)
         run_evaluation(args.checkpoint, tests, output_dir, batch_size=args.batch_size, num_workers=args.num_workers,
                        device=device, amp_dtype=autocast_dtype(args.precision, device), info=info,

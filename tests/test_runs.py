@@ -225,3 +225,25 @@ def test_export_with_no_checkpoint_says_what_it_exports(tmp_path, monkeypatch):
     assert path == Path(demo.FINETUNE_DIR) / "checkpoint-best.pth" and "exporting the demo detector" in why
     # predict --demo exports into its own folder, never into the export demo's
     assert Path(demo.PREDICT_DIR) / predict.DEMO_DETECTOR != Path(demo.EXPORT_DIR)
+
+
+def test_evaluate_replaces_its_own_results_and_refuses_another_evaluation_s(tmp_path):
+    from fsfm_fast import evaluate
+    checkpoint, other = tmp_path / "a.pth", tmp_path / "b.pth"
+    checkpoint.write_bytes(b"")
+    other.write_bytes(b"")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    tests = {"cdf": str(tmp_path / "cdf")}
+    run_folder.record_evaluation(out, run_folder.evaluation_of(checkpoint, tests))
+    run_folder.claim_evaluation(out, run_folder.evaluation_of(checkpoint, tests), overwrite=False)  # itself again
+    # another checkpoint into that folder: refused before anything is loaded (the checkpoints are empty files)
+    with pytest.raises(UsageError, match=f"holds the evaluation of {checkpoint}.*--overwrite"):
+        evaluate.main(["--checkpoint", str(other), "--test", f"cdf={tmp_path / 'cdf'}", "--output_dir", str(out),
+                       "--device", "cpu"])
+    with pytest.raises(UsageError, match="holds the evaluation of .*--overwrite"):
+        run_folder.claim_evaluation(out, run_folder.evaluation_of(checkpoint, {"dfdc": "x"}), overwrite=False)
+    said = []
+    run_folder.claim_evaluation(out, run_folder.evaluation_of(other, tests), overwrite=True, say=said.append)
+    assert said and "replacing the evaluation" in said[0]
