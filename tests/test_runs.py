@@ -13,6 +13,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from test_finetune import _argv as finetune_argv
+from test_finetune import bench  # noqa: F401  (the fixture: the same tiny benchmark)
+
 from fsfm_fast import predict
 from fsfm_fast.data.forgery import write_forgery_benchmark
 from fsfm_fast.engine import run_folder
@@ -24,20 +27,10 @@ from fsfm_fast.inference import Contract
 from fsfm_fast.prepare.inputs import Input
 from fsfm_fast.runtime.cli import UsageError
 
-TINY = "fsfm_vit_tiny_patch16"
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> Path:
-    return write_forgery_benchmark(tmp_path_factory.mktemp("bench"), seed=1, size=32, frames_per_video=2,
-                                   identities={"train": 6, "val": 2, "test": 2}, workers=1)
-
 
 def _argv(data: Path, out: Path, *extra: str) -> list[str]:
-    # 48 training images: 6 iterations per epoch at batch 8
-    return ["--data_path", str(data), "--output_dir", str(out), "--model", TINY, "--input_size", "32",
-            "--batch_size", "8", "--epochs", "2", "--warmup_epochs", "1", "--blr", "0.02", "--num_workers", "0",
-            "--log_every", "1", "--device", "cpu", "--aa", "none", "--mixup", "0", "--cutmix", "0", *extra]
+    """test_finetune's tiny run (6 iterations per epoch), without augmentation or mixup."""
+    return finetune_argv(data, out, "--aa", "none", "--mixup", "0", "--cutmix", "0", *extra)
 
 
 def _signal_during(monkeypatch, iteration: int) -> None:
@@ -205,7 +198,7 @@ def test_without_a_terminal_progress_and_messages_are_plain_lines(tmp_path, caps
 
 def test_demo_data_written_before_is_said_to_be_reused(bench):
     said = []
-    write_forgery_benchmark(bench, seed=1, size=32, frames_per_video=2, identities={"train": 6, "val": 2, "test": 2},
+    write_forgery_benchmark(bench, seed=1, size=48, frames_per_video=2, identities={"train": 6, "val": 3, "test": 6},
                             workers=1, say=said.append)
     assert said == [f"reusing the synthetic forgery benchmark in {bench}"]
 
