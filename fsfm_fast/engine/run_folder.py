@@ -57,7 +57,7 @@ def claim(folders: Iterable[str | Path], *, resume: str, overwrite: bool,
                              "choose another --output_dir, or pass --overwrite to replace it")
         for path in found:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-        say(f"replacing the earlier run in {folder} (--overwrite): removed {names}")
+        say(f"replacing the earlier run in {folder}: removed {names}")
 
 
 def evaluation_of(checkpoint: str | Path, tests: dict[str, str]) -> dict:
