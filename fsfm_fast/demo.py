@@ -2,7 +2,8 @@
 other's demo results in these folders (pretraining -> fine-tuning -> evaluate/export -> predict).
 
 ``parse_with_defaults`` is the one way a verb applies its demo's defaults (and any other recipe's, such
-as the FS-Adapter's) to the flags the user did not give.
+as the FS-Adapter's) to the flags the user did not give. A demo run into its own demo folder replaces the earlier demo run there
+(``--overwrite``), unless it is told to ``--resume``.
 """
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ def parse_with_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | N
             parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     args.demo = demo
+    if demo and "output_dir" in demo_defaults and getattr(args, "output_dir", None) == demo_defaults["output_dir"]:
+        # Running a demo again replaces its own earlier run (its data is reused): a newcomer repeats the
+        # README's commands. Any other folder, and --resume, keep the rule that a run never replaces another.
+        args.overwrite = getattr(args, "overwrite", False) or not getattr(args, "resume", "")
     return args
 
 

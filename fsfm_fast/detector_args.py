@@ -21,6 +21,8 @@ def evaluate_parser():
                    help="a test set; repeat for several (default: the demo's synthetic test set). PATH: a dataset "
                         "root, a folder of class folders, a split file, or dfb:JSON[:SPLIT[:COMPRESSION[:METHODS[:ROOT]]]]")
     p.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval, or <export folder>/eval")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of another evaluation (other checkpoint or test sets) in --output_dir")
     flags.add_batch_flag(p, 64)
     flags.add_worker_flag(p, 4)
     flags.add_device_flags(p)

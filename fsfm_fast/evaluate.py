@@ -19,9 +19,11 @@ it is ``>=`` the threshold: ``--threshold``, else the one the detector records (
 else 0.5; the table and ``metrics.json`` say which.
 
 Outputs in ``--output_dir``: ``metrics.json`` (``{set: {"frame": {...}, "video": {...}, "n_images",
-"n_videos", ...}}``), ``scores.csv`` (set, path, video, class, label, score), ``roc.png``, ``table.md``
-(the printed table), and ``skipped.tsv`` when images could not be read. With no flags it evaluates the
-demo detector of ``python -m fsfm_fast.finetune`` on its synthetic test set.
+"n_videos", ...}}``), ``scores.csv`` (set, path, video, class, label, score), ``roc.png`` (a curve per set
+and per fake class), ``table.md`` (the printed table), ``evaluated.json`` (the checkpoint and test sets
+these are of: evaluating them again replaces them; another evaluation there needs ``--overwrite``), and
+``skipped.tsv`` when images could not be read. With no flags it evaluates the demo detector of
+``python -m fsfm_fast.finetune`` on its synthetic test set.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from torch.utils.data import DataLoader
 from .runtime import flags
 from .runtime.flags import parse_tests
 from .demo import demo_evaluation
+from .engine import run_folder
 from .data.labelled import LabelledImages, collate_labelled, samples_from
 from .data.samples import Sample, parse_class_map
 from .runtime.devices import autocast, autocast_dtype, device_type, resolve_device
@@ -183,6 +186,25 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def roc_curves(name: str, picked: list[Sample], prob: np.ndarray, entry: dict
+               ) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """The frame-level ROC curves of one scored set, named as the rows of its table: the whole set, then
+    each fake class against all the reals (``set_metrics``'s ``by_class``), whose differences the pooled
+    curve hides. A group without both labels has no curve."""
+    labels = np.array([s.label for s in picked], dtype=np.int64)
+    classes = np.array([s.cls for s in picked])
+    parts = [(name if "by_class" not in entry else f"{name} (all types)", np.ones(labels.size, bool), entry)]
+    for cls, e in entry.get("by_class", {}).items():
+        parts.append((f"{name} / {cls} ({'seen' if e['seen_in_training'] else 'unseen'})",
+                      (labels == 0) | (classes == cls), e))
+    curves = {}
+    for label, keep, e in parts:
+        if np.unique(labels[keep]).size == 2:
+            fpr, tpr, _ = roc_curve(labels[keep], prob[keep])
+            curves[label] = (fpr, tpr, e["frame"]["auc"])
+    return curves
+
+
 def write_outputs(out_dir: Path, metrics: dict, scored: dict[str, tuple[list[Sample], Scores]],
                   header: str) -> str:
     from .plots import plot_roc
@@ -197,10 +219,7 @@ def write_outputs(out_dir: Path, metrics: dict, scored: dict[str, tuple[list[Sam
             for i, p in zip(scores.index, prob):
                 s = samples[i]
                 writer.writerow([name, s.path, s.video, s.cls, s.label, f"{p:.6f}"])
-            labels = np.array([samples[i].label for i in scores.index])
-            if np.unique(labels).size == 2:
-                fpr, tpr, _ = roc_curve(labels, prob)
-                curves[name] = (fpr, tpr, metrics[name]["frame"]["auc"])
+            curves.update(roc_curves(name, [samples[i] for i in scores.index], prob, metrics[name]))
             skipped += [(name, path, reason) for path, reason in scores.skipped]
     if curves:
         plot_roc(curves, out_dir / "roc.png", title="frame-level ROC")
@@ -280,6 +299,7 @@ def run_evaluation(checkpoint: str | Path, tests: dict[str, str], output_dir: st
         header = (f"{detector.what}\nscore {contract.score}; called {contract.positive_class} when score >= "
                   f"{threshold:g} ({threshold_source})")
         table = write_outputs(Path(output_dir), metrics, scored, header)
+        run_folder.record_evaluation(output_dir, run_folder.evaluation_of(checkpoint, tests))
         print(table)
         print(f"wrote metrics.json, scores.csv, roc.png and table.md to {output_dir}")
     barrier(info)
@@ -307,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     with process_group(device_type(args.device)) as info:
         if info.is_main:
             cli.ensure_writable_dir(output_dir)
+            run_folder.claim_evaluation(output_dir, run_folder.evaluation_of(str(detector), tests),
+                                        overwrite=args.overwrite)
         device = torch.device("cpu") if runtime == "onnx" else resolve_device(args.device, info)
         run_evaluation(detector, tests, output_dir, batch_size=args.batch_size, num_workers=args.num_workers,
                        device=device, amp_dtype=autocast_dtype(args.precision, device), info=info,

@@ -374,16 +374,19 @@ def export(item: Exportable, out_dir: Path, source: Path, onnx: bool = False, op
 # the verb
 
 
-def demo_checkpoint() -> Path:
-    """The demo detector of fsfm_fast.finetune, else the newest demo pretraining checkpoint."""
+def demo_checkpoint() -> tuple[Path, str]:
+    """The demo detector of fsfm_fast.finetune, else the newest demo pretraining checkpoint, and one line
+    that says which it is and why: an encoder export has no head, which predict cannot use."""
     detector = selected_checkpoint(FINETUNE_DIR)
     if detector.is_file():
-        return detector
+        return detector, f"no --checkpoint: exporting the demo detector {detector} (python -m fsfm_fast.finetune)"
     latest = CheckpointManager(PRETRAIN_DIR).latest()
     if latest is None:
         raise cli.UsageError(f"nothing to export: no --checkpoint, no demo detector at {detector} and no pretraining "
                              f"checkpoint in {PRETRAIN_DIR}/; run python -m fsfm_fast.finetune first")
-    return latest
+    return latest, (f"no --checkpoint and no demo detector at {detector}: exporting the ENCODER of the demo "
+                    f"pretraining run, {latest} (features, no head: predict needs a detector; run python -m "
+                    "fsfm_fast.finetune for one)")
 
 
 def prepare(args) -> Exportable:
@@ -454,7 +457,9 @@ def describe(item: Exportable, record: dict, out_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = export_parser().parse_args(argv)
     if args.checkpoint is None:
-        args.checkpoint = str(demo_checkpoint())
+        checkpoint, why = demo_checkpoint()
+        print(why, flush=True)
+        args.checkpoint = str(checkpoint)
         args.output_dir = args.output_dir or DEMO_EXPORT_DIR
     elif Path(args.checkpoint).is_dir() and (Path(args.checkpoint) / WEIGHTS).is_file():
         args.checkpoint = str(Path(args.checkpoint) / WEIGHTS)  # an export folder: export it again (say, with --onnx)

@@ -26,13 +26,15 @@ output says which).
 
 Outputs: a printed table, one row per input; ``--output FILE`` (``.csv``: CSV, otherwise JSON lines)
 with one ``face`` row per scored face or frame and one ``input`` row per input; ``--save_faces PNG`` a
-contact sheet of the faces with their scores. An input that cannot be scored (not an image or video,
-unreadable, no face in it) is reported in its row and on stderr, and the run goes on; frames that could
-not be decoded or hold no face are counted in their video's row. The exit status is 0 when at least one
+contact sheet of the faces with their scores, under a title, the legend of its border colours at the
+threshold, and how many of the scored faces it shows (``--sheet_max``); both are checked before any
+work. An input that cannot be scored (not an image or video, unreadable, no face in it) is reported in
+its row and on stderr, and the run goes on; frames that could not be decoded or hold no face are counted
+in their video's row. The exit status is 0 when at least one
 input was scored.
 
-``--demo`` exports the demo detector of ``python -m fsfm_fast.finetune`` (or says to run that first),
-writes a few synthetic real and fake videos, scores them through this same path, and prints the scores
+``--demo`` exports the demo detector of ``python -m fsfm_fast.finetune`` (or says to run that first)
+into its own folder (``output_demo_predict/detector``; the export demo's folder is not touched), writes a few synthetic real and fake videos, scores them through this same path, and prints the scores
 next to the truth.
 """
 from __future__ import annotations
@@ -68,6 +70,7 @@ from .prepare.video import VideoError, count_frames, sample_frames, sample_indic
 from .runtime.signals import ignore_stop_signals
 
 THUMB = 112  # contact sheet tile side
+DEMO_DETECTOR = "detector"  # --demo's export of the demo detector, inside its folder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,17 +266,18 @@ CSV_COLUMNS = csv_columns()  # a deepfake detector's; an anti-spoofing one has p
 def write_rows(path: Path, results: list[Result], threshold: float, scorer: Scorer) -> None:
     """JSON lines (or CSV for a ``.csv`` name): each input's face rows, then its input row."""
     rows = [row for r in results for row in face_rows(r, scorer) + [input_row(r, threshold, scorer)]]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        if path.suffix.lower() == ".csv":
-            writer = csv.DictWriter(f, csv_columns(scorer.score_key), extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                box = row.get("box") or [None] * 4
-                writer.writerow({**row, **dict(zip(("x0", "y0", "x1", "y1"), box))})
-        else:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            if path.suffix.lower() == ".csv":
+                writer = csv.DictWriter(f, csv_columns(scorer.score_key), extrasaction="ignore")
+                writer.writeheader()
+                for row in rows:
+                    box = row.get("box") or [None] * 4
+                    writer.writerow({**row, **dict(zip(("x0", "y0", "x1", "y1"), box))})
+            else:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+    save_replacing(path, write)
 
 
 def format_table(results: list[Result], threshold: float, contract: Contract,
@@ -292,31 +296,83 @@ def format_table(results: list[Result], threshold: float, contract: Contract,
     return "\n".join(lines)
 
 
-def contact_sheet(results: list[Result], threshold: float, path: Path, max_faces: int, columns: int = 8,
-                  score: str = "P(fake)") -> int:
-    """A PNG grid of the scored faces (at most ``max_faces``, in input order), each captioned with its
-    input, frame and ``score``, framed red when called the positive class and green otherwise. Returns the count."""
-    tiles = [(r, f, p) for r in results for f, p in zip(r.found.faces, r.scores) if f.thumb is not None][:max_faces]
+SHEET_LINE = 13  # px per text line of the default font
+SHEET_HEADER = 3 * SHEET_LINE + 8  # the title, the legend and how many faces are shown
+
+
+def sheet_header(title: str, shown: int, total: int, threshold: float, contract: Contract) -> list[str]:
+    """The contact sheet's three header lines: what was scored, what the border colours mean at which
+    threshold, and how many of the scored faces are shown (a cut sheet says so)."""
+    legend = (f"red border: called {contract.positive_class} ({contract.score} >= {threshold:g}); "
+              f"green: called {contract.negative_class}")
+    count = (f"all {total} scored faces" if shown == total
+             else f"the first {shown} of {total} scored faces (--sheet_max {shown})")
+    return [title, legend, count]
+
+
+def fit_text(draw: ImageDraw.ImageDraw, text: str, width: float, font) -> str:
+    """``text`` shortened to ``width`` pixels by dropping characters from its middle: the start and the
+    end of a file name (its kind and its number, frame and extension) are what tell files apart."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    keep = len(text)
+    while keep > 2:
+        keep -= 1
+        head, tail = text[:keep // 2], text[len(text) - (keep - keep // 2):]
+        short = f"{head}..{tail}"
+        if draw.textlength(short, font=font) <= width:
+            return short
+    return text[-1:]
+
+
+def contact_sheet(results: list[Result], threshold: float, path: Path, max_faces: int, contract: Contract, *,
+                  columns: int = 8, title: str = "fsfm_fast.predict", truth: dict[str, str] | None = None
+                  ) -> tuple[int, int]:
+    """A PNG grid of the scored faces (the first ``max_faces``, in input order) under a header
+    (``sheet_header``), each captioned with its input and frame, its score and, when ``truth`` knows
+    it, the truth; framed red when called the positive class and green otherwise. Returns (faces
+    shown, faces scored)."""
+    every = [(r, f, p) for r in results for f, p in zip(r.found.faces, r.scores) if f.thumb is not None]
+    tiles = every[:max_faces]
     if not tiles:
-        return 0
+        return 0, 0
     font = ImageFont.load_default()
-    pad, caption = 4, 28
+    pad, caption = 4, (3 if truth else 2) * SHEET_LINE + 2
     cell_w, cell_h = THUMB + 2 * pad, THUMB + 2 * pad + caption
-    rows = -(-len(tiles) // columns)
-    sheet = Image.new("RGB", (min(columns, len(tiles)) * cell_w, rows * cell_h), "white")
+    header = sheet_header(title, len(tiles), len(every), threshold, contract)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max(min(columns, len(tiles)) * cell_w, max(int(measure.textlength(t, font=font)) for t in header) + 2 * pad)
+    sheet = Image.new("RGB", (width, SHEET_HEADER + -(-len(tiles) // columns) * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
+    for i, line in enumerate(header):
+        draw.text((pad, pad + i * SHEET_LINE), line, fill=(200, 30, 30) if i == 2 and len(tiles) < len(every)
+                  else "black", font=font)
     for i, (r, face, p) in enumerate(tiles):
-        x, y = (i % columns) * cell_w, (i // columns) * cell_h
+        x, y = (i % columns) * cell_w, SHEET_HEADER + (i // columns) * cell_h
         colour = (200, 30, 30) if decide(p, threshold) else (30, 150, 30)
         draw.rectangle([x + 1, y + 1, x + cell_w - 2, y + pad + THUMB + pad - 2], outline=colour, width=3)
         sheet.paste(Image.fromarray(face.thumb), (x + pad, y + pad))
         name = r.input.path.name if face.frame is None else f"{r.input.path.name} #{face.frame}"
-        draw.text((x + pad, y + 2 * pad + THUMB), name[-20:], fill="black", font=font)
-        draw.text((x + pad, y + 2 * pad + THUMB + 13), f"{score} {p:.3f}", fill=colour, font=font)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return len(tiles)
+        text_y = y + 2 * pad + THUMB
+        draw.text((x + pad, text_y), fit_text(draw, name, THUMB, font), fill="black", font=font)
+        draw.text((x + pad, text_y + SHEET_LINE), f"{contract.score} {p:.3f}", fill=colour, font=font)
+        if truth:
+            known = truth.get(str(r.input.path), "?")
+            draw.text((x + pad, text_y + 2 * SHEET_LINE), fit_text(draw, f"truth: {known}", THUMB, font),
+                      fill="black", font=font)
+    save_replacing(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    return len(tiles), len(every)
+
+
+def save_replacing(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file beside ``path``, then put it in place; a failed write leaves neither
+    the temporary file nor a half-written ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,10 +399,20 @@ def check_args(args) -> None:
     if min(args.batch_size, args.num_frames, args.sheet_max) < 1 or args.num_workers < 0 or args.crop_scale <= 0:
         raise cli.UsageError("--batch_size, --num_frames and --sheet_max must be >= 1, --num_workers >= 0, "
                              "--crop_scale > 0")
-    for flag in ("output", "save_faces"):
-        target = getattr(args, flag)
-        if target is not None:
-            cli.ensure_writable_dir(Path(target).parent or Path("."), f"--{flag} {target}: the folder")
+    check_outputs(args)
+
+
+def check_outputs(args) -> None:
+    """--output and --save_faces name files that can be written, checked before anything is scored."""
+    targets = {flag: Path(getattr(args, flag)) for flag in ("output", "save_faces") if getattr(args, flag)}
+    if len(targets) == 2 and targets["output"].resolve() == targets["save_faces"].resolve():
+        raise cli.UsageError(f"--output and --save_faces name the same file {targets['output']}")
+    for flag, target in targets.items():
+        if target.is_dir():
+            raise cli.UsageError(f"--{flag} {target} is a folder: give a file name (e.g. {target / 'scores.jsonl'})"
+                                 if flag == "output" else
+                                 f"--{flag} {target} is a folder: give a file name (e.g. {target / 'faces.png'})")
+        cli.ensure_writable_dir(target.parent, f"--{flag} {target}: the folder")
 
 
 def collect_inputs(paths: list[str]) -> tuple[list[Input], list[tuple[str, str]]]:
@@ -392,8 +458,10 @@ def run(args, truth: dict[str, str] | None = None) -> tuple[list[Result], float]
         write_rows(Path(args.output), results, threshold, scorer)
         print(f"wrote {args.output}")
     if args.save_faces:
-        shown = contact_sheet(results, threshold, Path(args.save_faces), args.sheet_max, score=scorer.contract.score)
-        print(f"wrote {args.save_faces} ({shown} faces)")
+        shown, total = contact_sheet(results, threshold, Path(args.save_faces), args.sheet_max, scorer.contract, title=f"fsfm_fast.predict: {scorer.description}",
+                                     truth=truth)
+        print(f"wrote {args.save_faces} ({shown} faces)" if shown == total else
+              f"wrote {args.save_faces}: the first {shown} of {total} scored faces (--sheet_max {args.sheet_max})")
     return results, threshold
 
 
@@ -402,15 +470,17 @@ def run_demo(args) -> list[Result]:
     the faces (composited, found by the face detector, cropped) and as the generator's own frames at the
     detector's input size (no face detection: the crops the demo detector was trained on)."""
     from .data.synthetic_video import write_forgery_videos
-    from .export import DEMO_EXPORT_DIR, export, load_exportable
+    from .export import export, load_exportable
     checkpoint = selected_checkpoint(FINETUNE_DIR)
     if not checkpoint.is_file():
         raise cli.UsageError(f"no demo detector at {checkpoint}: run python -m fsfm_fast.finetune first "
                              "(it trains one on the CPU in a few minutes), then this again")
     out = cli.ensure_writable_dir(Path(DEMO_OUTPUT_DIR), "the demo folder")
-    print(f"exporting the demo detector {checkpoint} to {DEMO_EXPORT_DIR}/", flush=True)
+    # its own export, inside its own folder: the export demo's folder (output_demo_export) is not touched
+    exported = out / DEMO_DETECTOR
+    print(f"exporting the demo detector {checkpoint} to {exported}/", flush=True)
     item = load_exportable(checkpoint)
-    export(item, cli.ensure_writable_dir(Path(DEMO_EXPORT_DIR)), checkpoint)
+    export(item, cli.ensure_writable_dir(exported), checkpoint)
     passes = {"filmed": ("as filmed: moving faces composited on a cluttered background, found by the face detector",
                          dict(composite=True), args.face_detector),
               "frames": (f"the generator's own {item.img_size} px frames, as the demo detector was trained on them "
@@ -420,7 +490,7 @@ def run_demo(args) -> list[Result]:
         print(f"\n== demo videos {what}", flush=True)
         videos = write_forgery_videos(out / name / "videos", people=2, num_frames=8, **video_args)
         truth = {str(path): "real" if kind == "real" else f"fake ({kind})" for path, kind in videos}
-        args.inputs, args.detector, args.face_detector = [str(path) for path, _ in videos], DEMO_EXPORT_DIR, detector
+        args.inputs, args.detector, args.face_detector = [str(path) for path, _ in videos], str(exported), detector
         args.num_frames = min(args.num_frames, 8)
         args.output, args.save_faces = str(out / name / "predictions.jsonl"), str(out / name / "faces.png")
         found, threshold = run(args, truth)

@@ -323,9 +323,11 @@ def test_predict_writes_a_contact_sheet_and_csv(predicted, exported, tmp_path):
     root, video, out, _ = predicted
     sheet = Image.open(root / "faces.png")
     faces = [r for r in _rows(out) if r["level"] == "face"]
-    tile_w, tile_h = predict.THUMB + 8, predict.THUMB + 8 + 28
-    assert sheet.size == (min(len(faces), 8) * tile_w, -(-len(faces) // 8) * tile_h)
-    frame = np.asarray(sheet.convert("RGB"))[2, 2:tile_w - 2]  # the top edge of the first tile's frame
+    tile_w, tile_h = predict.THUMB + 8, predict.THUMB + 8 + 2 * predict.SHEET_LINE + 2
+    assert sheet.size[0] >= min(len(faces), 8) * tile_w  # at least the tiles; the header may be wider
+    assert sheet.size[1] == predict.SHEET_HEADER + -(-len(faces) // 8) * tile_h
+    top = predict.SHEET_HEADER + 2  # the tiles start under the header
+    frame = np.asarray(sheet.convert("RGB"))[top, 2:tile_w - 2]  # the top edge of the first tile's frame
     first = faces[0]["p_fake"]
     assert (frame == ((200, 30, 30) if first >= 0.4 else (30, 150, 30))).all()
     csv_path = tmp_path / "scores.csv"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -426,7 +427,8 @@ def _write_person(job: tuple) -> int:
 
 
 def write_forgery_benchmark(root, seed: int = 0, size: int = 128, frames_per_video: int = 4,
-                            identities: dict | None = None, workers: int | None = None) -> Path:
+                            identities: dict | None = None, workers: int | None = None,
+                            say: Callable[[str], None] | None = None) -> Path:
     """Write the synthetic forgery benchmark under ``root`` in the fine-tuning layout and return ``root``:
 
         root/train/{real, fake_face_swap, fake_reenactment}/<video>_frame_<t>.png
@@ -446,7 +448,7 @@ def write_forgery_benchmark(root, seed: int = 0, size: int = 128, frames_per_vid
     wanted = {"generator": "fsfm_fast.data.forgery", "version": BENCHMARK_VERSION, "seed": int(seed),
               "size": int(size), "frames_per_video": int(frames_per_video), "identities": identities}
     manifest = root / MANIFEST_NAME
-    if benchmark_is_current(manifest, wanted, "synthetic forgery benchmark"):
+    if benchmark_is_current(manifest, wanted, "synthetic forgery benchmark", say):
         return root
     jobs = []
     for split, count in identities.items():

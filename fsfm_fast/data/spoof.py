@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,7 +242,8 @@ def make_video(kind: str, domain: str, seed: int, person: int, n_frames: int, si
 
 
 def write_spoof_benchmark(root, seed: int = 0, size: int = 64, frames_per_video: int = 2,
-                          identities: dict | None = None, domains=tuple(DOMAINS)) -> Path:
+                          identities: dict | None = None, domains=tuple(DOMAINS),
+                          say: Callable[[str], None] | None = None) -> Path:
     """Write the synthetic FAS benchmark under ``root`` (one folder per domain) and return ``root``.
 
     A folder whose manifest matches is left as it is; one with another manifest is rewritten; a non-empty
@@ -258,7 +260,7 @@ def write_spoof_benchmark(root, seed: int = 0, size: int = 64, frames_per_video:
     wanted = {"generator": "fsfm_fast.data.spoof", "version": BENCHMARK_VERSION, "seed": int(seed), "size": int(size),
               "frames_per_video": int(frames_per_video), "identities": identities, "domains": list(domains)}
     manifest = root / MANIFEST_NAME
-    if benchmark_is_current(manifest, wanted, "synthetic anti-spoofing benchmark"):
+    if benchmark_is_current(manifest, wanted, "synthetic anti-spoofing benchmark", say):
         return root
     for domain in domains:
         shutil.rmtree(root / domain, ignore_errors=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing import get_all_start_methods, get_context
@@ -602,16 +603,21 @@ def _same_faces(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in ("generator", "version", "size", "seed"))
 
 
-def benchmark_is_current(manifest: Path, wanted: dict, what: str) -> bool:
+def benchmark_is_current(manifest: Path, wanted: dict, what: str, say: Callable[[str], None] | None = None) -> bool:
     """Whether a synthetic benchmark's folder already holds what ``wanted`` describes (its ``manifest``
     says so); if not, the stale manifest is removed so that the caller rewrites the folder. A non-empty
-    folder without a manifest is someone else's: refused."""
-    if _read_manifest(manifest) == wanted:
-        return True
+    folder without a manifest is someone else's: refused. ``say`` is told which it is (reusing or
+    writing), so that a resumed run does not announce a write it does not do."""
     root = manifest.parent
+    if _read_manifest(manifest) == wanted:
+        if say:
+            say(f"reusing the {what} in {root}")
+        return True
     if not manifest.is_file() and root.is_dir() and any(root.iterdir()):
         raise ValueError(f"{root} is not empty and holds no {manifest.name}: choose an empty folder for the {what}")
     manifest.unlink(missing_ok=True)
+    if say:
+        say(f"writing the {what} to {root}")
     return False
 
 
@@ -649,14 +655,15 @@ def map_in_processes(fn, jobs: list, workers: int | None = None, per_process: in
 
 
 def write_synthetic_dataset(root, num_images: int, size: int = 224, seed: int = 0,
-                            workers: int | None = None) -> Path:
+                            workers: int | None = None, say: Callable[[str], None] | None = None) -> Path:
     """Write ``num_images`` faces in the reference layout under ``root`` and return ``root``.
 
     Idempotent: a folder whose manifest matches the parameters is left alone. A run records its
     parameters in a progress file first and writes the manifest last, so an interrupted run is
     completed by the next call, reusing the faces already written when they come from the same
     (seed, size); faces of unknown origin are rewritten. ``workers``: processes to render with
-    (default: every available CPU when there is enough work).
+    (default: every available CPU when there is enough work). ``say`` is told whether the faces are
+    reused or written.
     """
     if int(num_images) != num_images or num_images < 1:
         raise ValueError(f"num_images must be a positive integer, got {num_images}")
@@ -671,6 +678,8 @@ def write_synthetic_dataset(root, num_images: int, size: int = 224, seed: int = 
               "num_images": num_images, "size": size, "seed": seed}
     old = _read_manifest(manifest_path) if manifest_path.exists() else None
     if old == wanted:
+        if say:
+            say(f"reusing the {num_images} synthetic faces in {root}")
         return root
     if old is not None and not _same_faces(old, wanted):
         raise ValueError(f"{root} holds a different synthetic dataset ({old}); "
@@ -679,6 +688,8 @@ def write_synthetic_dataset(root, num_images: int, size: int = 224, seed: int = 
     if old is None:
         old = _read_manifest(progress_path) if progress_path.exists() else None
     reuse = old is not None and _same_faces(old, wanted)
+    if say:
+        say(f"writing {num_images} synthetic faces to {root}")
     root.mkdir(parents=True, exist_ok=True)
     _write_json(progress_path, wanted)
     manifest_path.unlink(missing_ok=True)

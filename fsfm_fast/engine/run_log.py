@@ -1,8 +1,15 @@
-"""What a run leaves behind while it trains: a JSON-lines log, TensorBoard scalars, a progress bar."""
+"""What a run leaves behind while it trains: a JSON-lines log, TensorBoard scalars, a progress bar.
+
+The bar redraws itself with carriage returns, which only a terminal shows as one line: written to a
+file (``> log 2>&1``) it becomes one endless line. So where the bar's stream is not a terminal there is
+no bar, and the progress goes out as plain lines instead, at most one per ``PLAIN_STEPS`` of the work
+(and at its end) or per ``PLAIN_SECONDS``, whichever comes first; messages are plain lines either way.
+"""
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,12 +27,15 @@ class RunLog:
     """
 
     def __init__(self, output_dir: str | Path, *, enabled: bool, tensorboard: bool = True,
-                 total: int = 0, initial: int = 0, desc: str | None = None, unit: str = "it"):
+                 total: int = 0, initial: int = 0, desc: str | None = None, unit: str = "it",
+                 interactive: bool | None = None):
         self.enabled = enabled
         self.path = Path(output_dir) / "log.jsonl"
         self.skipped_path = Path(output_dir) / "skipped.tsv"
         self._tb = None
         self._bar = None
+        self._plain: PlainProgress | None = None
+        self._named: set[tuple[str, str]] = set()
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +45,12 @@ class RunLog:
                 self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
             except ImportError:  # tensorboard is optional at run time
                 self._tb = None
-        self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.1)
+        if interactive is None:  # tqdm draws on stderr
+            interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        if interactive:
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.1)
+        else:
+            self._plain = PlainProgress(total, initial, desc, unit)
 
     def record(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:
@@ -54,7 +69,9 @@ class RunLog:
             drop_rows_after(self.skipped_path, step, step_of=_tsv_step)
 
     def skipped(self, step: int, samples: list[tuple[str, str]]) -> None:
-        """Name each unreadable sample of a batch, ``(path, reason)``, in skipped.tsv and on screen."""
+        """Name each unreadable sample of a batch or a validation, ``(path, reason)``, in skipped.tsv
+        (every time, with its step) and on screen (once per sample and reason: the same file, unreadable
+        again at every epoch or validation, would bury the other lines)."""
         if not self.enabled or not samples:
             return
         new = not self.skipped_path.is_file()
@@ -64,18 +81,33 @@ class RunLog:
             for name, reason in samples:
                 reason = " ".join(str(reason).split()) or "unreadable"  # one line, no tabs
                 f.write(f"{step}\t{name}\t{reason}\n")
-                self.message(f"skipped unreadable sample: {name} ({reason})")
+                if (name, reason) not in self._named:
+                    self._named.add((name, reason))
+                    self.message(f"skipped unreadable sample: {name} ({reason})")
+
+    def start_at(self, n: int) -> None:
+        """Where a resumed run's progress starts: counted as done, not as work of this process."""
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self._plain is not None:
+            self._plain.start_at(n)
 
     def progress(self, n: int, **postfix: Any) -> None:
+        shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}
         if self._bar is not None:
             self._bar.update(n)
             if postfix:
-                self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
-                                       for k, v in postfix.items()}, refresh=False)
+                self._bar.set_postfix(shown, refresh=False)
+        elif self._plain is not None:
+            self._plain.update(n, shown)
 
     def message(self, text: str) -> None:
-        if self.enabled:
-            (tqdm.write if self._bar is not None else print)(text)
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            tqdm.write(text)  # above the bar, which is redrawn below it
+        else:
+            print(text, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -83,6 +115,37 @@ class RunLog:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+
+
+PLAIN_STEPS = 20  # plain progress lines per run, at most (plus one a PLAIN_SECONDS)
+PLAIN_SECONDS = 300.0
+
+
+class PlainProgress:
+    """The progress of a run with no terminal: ``desc: 120/600 it (20%), 3.1 it/s, loss 0.69`` lines."""
+
+    def __init__(self, total: int, initial: int, desc: str | None, unit: str):
+        self.total, self.desc, self.unit = total, desc or "training", unit
+        self.every = max(1, math.ceil(total / PLAIN_STEPS)) if total else 1
+        self.start_at(initial)
+
+    def start_at(self, done: int) -> None:
+        self.done = self.initial = done
+        self.next = (done // self.every + 1) * self.every
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int, postfix: dict[str, Any]) -> None:
+        self.done += n
+        now = time.monotonic()
+        if n <= 0 or not (self.done >= self.next or self.done == self.total or now - self.last >= PLAIN_SECONDS):
+            return
+        self.next = (self.done // self.every + 1) * self.every
+        self.last = now
+        of = f"/{self.total}" if self.total else ""
+        share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        rate = (self.done - self.initial) / max(now - self.start, 1e-9)
+        extra = "".join(f", {k} {v}" for k, v in postfix.items())
+        print(f"{self.desc}: {self.done}{of} {self.unit}{share}, {rate:.3g} {self.unit}/s{extra}", flush=True)
 
 
 def _json_step(line: str) -> int | None:

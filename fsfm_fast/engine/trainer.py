@@ -82,7 +82,8 @@ class Task:
     """What a verb trains; see the module docstring. ``loss(model, batch, iteration)`` returns the loss
     tensors named ``loss_names`` (the first is the one optimised), computed under the engine's autocast
     from a batch already on the device. ``after_step(iteration, skipped)`` runs after every micro-batch,
-    ``skipped`` a bool device tensor. ``record()`` gives a checkpoint's ``format`` and model entries,
+    ``skipped`` a bool device tensor. ``validate(model)`` gives each split's metrics and the samples it
+    could not read, ``(path, why)``, which the run log names. ``record()`` gives a checkpoint's ``format`` and model entries,
     ``restore(ckpt, path)`` puts them back."""
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -93,7 +94,7 @@ class Task:
     restore: Callable[[dict, Path], None]
     loss_names: tuple[str, ...] = ("loss",)
     after_step: Callable[[int, torch.Tensor], None] | None = None
-    validate: Callable[[nn.Module], dict[str, dict[str, float]]] | None = None
+    validate: Callable[[nn.Module], tuple[dict[str, dict[str, float]], list[tuple[str, str]]]] | None = None
     selections: list[Selection] = field(default_factory=list)
     min_batch: int = 1  # a smaller batch is skipped (mixup pairs samples)
     log_extra: Callable[[int], dict] = lambda iteration: {}
@@ -181,7 +182,7 @@ class Trainer:
         s, state = self.settings, self.state
         if self.info.is_main:
             write_json(s.output_dir / "args.json", s.args)
-        self.log.progress(state.iteration)
+        self.log.start_at(state.iteration)
         self.window_start = time.perf_counter()
         stopped = False
         try:
@@ -392,9 +393,10 @@ class Trainer:
     def validate(self) -> dict[str, dict[str, float]]:
         it, task = self.state.iteration, self.task
         task.model.eval()
-        results = task.validate(task.model)
+        results, unreadable = task.validate(task.model)
         task.model.train()
         self.last_validated = it
+        self.log.skipped(it, unreadable)
         epoch = it / max(task.data.iters_per_epoch, 1)
         self.log.record("val", it, epoch=epoch, **{f"{split}/{k}": v for split, metrics in results.items()
                                                    for k, v in metrics.items()})

@@ -59,10 +59,9 @@ def write_demo_data(args, info: DistInfo) -> Path:
     except ValueError:
         raise cli.UsageError(f"--synthetic_identities takes three counts, got {args.synthetic_identities!r}") from None
     if info.is_main:
-        print(f"writing the synthetic forgery benchmark to {root} (once)", flush=True)
         try:
             write_forgery_benchmark(root, seed=args.seed, size=args.synthetic_size or args.input_size,
-                                    frames_per_video=args.synthetic_frames, identities=counts)
+                                    frames_per_video=args.synthetic_frames, identities=counts, say=cli.say)
         except ValueError as exc:
             raise cli.UsageError(str(exc)) from None
     barrier(info)

@@ -13,6 +13,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from .. import demo
 from ..data.labelled import LabelledImages
+from ..engine import run_folder
 from ..engine.checkpoint import CheckpointManager
 from ..evaluate import score_dataset
 from ..formats import ADAPTER_FORMAT, DETECTOR_FORMAT, CheckpointError, choose_mean_std, load_state_dict_strict
@@ -22,7 +23,7 @@ from ..models.adapter import (encoder_reference, freeze_encoder, load_trained_st
 from ..models.detector import DetectorConfig, PretrainedEncoder, detector_config, load_pretrained_encoder
 from ..runtime import cli
 from ..runtime.devices import autocast_dtype, resolve_device
-from ..runtime.distributed import DistInfo
+from ..runtime.distributed import DistInfo, barrier
 from .args import mixup_active
 
 
@@ -91,29 +92,34 @@ class DetectionLoss:
 def validator(sets: dict[str, LabelledImages], *, batch_size: int, num_workers: int, device, amp_dtype,
               info: DistInfo, metrics=None):
     """``validate(model)``: cross-entropy (no smoothing) and ``metrics(dataset, scores)`` (default: frame
-    metrics) over each whole split."""
-    def validate(model) -> dict[str, dict[str, float]]:
-        results = {}
+    metrics) over each whole split, and the samples that could not be read, ``(path, why)``, for the
+    engine to name (a validation set that silently shrinks changes the selection unseen)."""
+    def validate(model) -> tuple[dict[str, dict[str, float]], list[tuple[str, str]]]:
+        results, skipped = {}, []
         for name, dataset in sets.items():
             scores = score_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
                                    amp_dtype=amp_dtype, info=info)
+            skipped += [(path, f"left out of validation split '{name}': {reason}") for path, reason in scores.skipped]
             labels = dataset.labels[scores.index]
             loss = F.cross_entropy(torch.from_numpy(scores.logits).float(), torch.from_numpy(labels)).item()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SingleClassWarning)
                 found = metrics(dataset, scores) if metrics else frame_metrics(labels, scores.positive_prob)
                 results[name] = {"loss": loss, **found, "images": int(labels.size)}
-        return results
+        return results, skipped
     return validate
 
 
 
 def run_place(args, info: DistInfo) -> tuple[torch.device, torch.dtype | None, Path]:
-    """This process's device and autocast dtype, and ``--output_dir``, proved writable by the main process."""
+    """This process's device and autocast dtype, and ``--output_dir``, proved writable by the main process
+    and free of another run's results (``engine.run_folder``)."""
     device = resolve_device(args.device, info)
     out_dir = Path(args.output_dir)
     if info.is_main:
         cli.ensure_writable_dir(out_dir)
+        run_folder.claim([out_dir], resume=args.resume, overwrite=args.overwrite)
+    barrier(info)  # no rank reads the folder while the main process clears it
     return device, autocast_dtype(args.precision, device), out_dir
 
 

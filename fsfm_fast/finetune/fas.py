@@ -88,17 +88,17 @@ from .args import parse_fas_args as parse_args
 
 
 def demo_domains(args, info: DistInfo) -> None:
-    """Write the synthetic benchmark (once) and point --source/--target at it."""
+    """Write the synthetic benchmark (or reuse the one written before) and point --source/--target at it."""
     root = Path(args.output_dir) / demo.SPOOF_DATA
     try:
         train, test = (int(x) for x in args.synthetic_identities.split(","))
     except ValueError:
         raise cli.UsageError(f"--synthetic_identities takes two counts, got {args.synthetic_identities!r}") from None
     if info.is_main:
-        print(f"writing the synthetic anti-spoofing benchmark to {root} (once)", flush=True)
         try:
             write_spoof_benchmark(root, seed=args.split_seed, size=args.input_size,
-                                  frames_per_video=args.synthetic_frames, identities={"train": train, "test": test})
+                                  frames_per_video=args.synthetic_frames, identities={"train": train, "test": test},
+                                  say=cli.say)
         except ValueError as exc:
             raise cli.UsageError(str(exc)) from None
     barrier(info)

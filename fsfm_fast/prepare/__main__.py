@@ -325,7 +325,10 @@ def _demo_stages(args, stop: StopSignal) -> dict:
           f"  fine-tuning layout: {args.out / 'finetune'}/{{train,val,test}}/{{real,fake}}/\n"
           f"  pretraining faces:  {args.out / 'pretrain' / 'faces'} ({manifest.get('outputs')} faces, parser "
           f"{manifest['parser']['name']})\n  pretraining shards: {args.out / 'pretrain' / 'shards'}\n"
-          f"next: python -m fsfm_fast.pretrain --data_path {args.out / 'pretrain' / 'shards'}")
+          # the demo's tiny model, so that this runs in a minute on a CPU; the paper's recipe is the default
+          f"next: python -m fsfm_fast.pretrain --data_path {args.out / 'pretrain' / 'shards'} --model "
+          f"fsfm_vit_tiny_patch16 --input_size 112 --batch_size 16 --epochs 3 --warmup_epochs 1 --blr 1e-2 "
+          f"--output_dir {args.out / 'pretrain_run'}  (real data: see the README's pretraining commands)")
     return manifest
 
 

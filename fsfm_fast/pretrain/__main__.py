@@ -14,6 +14,7 @@ from .args import check_paths, parse_args
 if __name__ == "__main__":  # -h and flag errors answer before torch is imported (the imports below)
     sys.exit(cli.run_verb("fsfm_fast.pretrain", parse_args, "fsfm_fast.pretrain.__main__"))
 
+from ..engine import run_folder
 from ..engine.checkpoint import plain_args
 from ..engine.run_log import RunLog
 from ..engine.trainer import Trainer, open_run
@@ -30,6 +31,7 @@ def build(args: argparse.Namespace, info: DistInfo) -> tuple[Trainer, Pretrainin
     say = print if info.is_main else (lambda text: None)
     if info.is_main:
         check_paths(args)
+        run_folder.claim([args.output_dir, args.log_dir], resume=args.resume, overwrite=args.overwrite)
     barrier(info)
     manager, resumed = open_run(Path(args.output_dir), keep_last=args.keep_last, resume=args.resume,
                                 args=plain_args(args), info=info, say=say, same_run=SAME_RUN_KEYS,

@@ -44,12 +44,12 @@ def device_for(name: str, info: DistInfo) -> torch.device:
     return device
 
 
-def _data_roots(args: argparse.Namespace, info: DistInfo) -> list[Path]:
+def _data_roots(args: argparse.Namespace, info: DistInfo, say) -> list[Path]:
     if not args.demo:
         return [Path(p) for p in args.data_path]
     root = Path(args.output_dir) / FACES_DATA
     if info.is_main:
-        write_synthetic_dataset(root, args.synthetic_images, size=224, seed=args.seed)
+        write_synthetic_dataset(root, args.synthetic_images, size=224, seed=args.seed, say=say)
     barrier(info)
     return [root]
 
@@ -73,7 +73,7 @@ class Pretraining:
 
     def _build_data(self, say) -> None:
         args, info = self.args, self.info
-        roots = _data_roots(args, info)
+        roots = _data_roots(args, info, say)
         if args.normalize_from_IMN:
             self.mean_std = (list(IMAGENET_MEAN), list(IMAGENET_STD))
         else:  # computed by the main process, kept in the output folder for resumed runs and fine-tuning

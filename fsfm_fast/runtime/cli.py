@@ -31,6 +31,11 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> st
     return f"{where}: {cause}" if where else cause
 
 
+def say(text: str) -> None:
+    """A plain line on stdout, out at once (before a long step begins, and in order with stderr)."""
+    print(text, flush=True)
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask where the platform has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

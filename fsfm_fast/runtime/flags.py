@@ -164,6 +164,7 @@ def add_run_flags(group, *, output_dir: str, keep_last: int, save_every: int, se
     """Where a run writes, how it saves and resumes, how often it logs."""
     group.add_argument("--output_dir", default=output_dir, help="folder of the run's checkpoints, logs and results")
     group.add_argument("--resume", default="", help=resume_help)
+    group.add_argument("--overwrite", action="store_true", help="replace the results of another run in --output_dir")
     group.add_argument("--save_every", default=save_every, type=count,
                        help="resume checkpoint every N iterations, rounded up to whole --accum_iter cycles; 0 = only "
                             "at each validation, at the end and on a stop signal")
