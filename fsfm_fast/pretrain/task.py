@@ -138,9 +138,10 @@ class Pretraining:
         """Iterations between the monitor's probes (the engine's validations); 0 without a monitor."""
         return self.args.probe_every * self.data.iters_per_epoch if self.monitor is not None else 0
 
-    def validate(self, model) -> dict[str, dict[str, float]]:
-        # the only validation of a pretraining run: the monitor's probe, logged as val rows probe/...
-        return {"probe": self.monitor({"online": self.online, "target": self.target})}
+    def validate(self, model) -> tuple[dict[str, dict[str, float]], list[tuple[str, str]]]:
+        # the only validation of a pretraining run: the monitor's probe, logged as val rows probe/...; its
+        # images were read once when the monitor was built, so none can turn unreadable here
+        return {"probe": self.monitor({"online": self.online, "target": self.target})}, []
 
     def _selfcheck(self, say) -> dict:
         """Every compiled and Triton op this run uses, run once against the reference (see
