@@ -17,11 +17,13 @@ import pytest
 from fsfm_fast import demo, detector_args
 from fsfm_fast.finetune import args as finetune_args
 from fsfm_fast.pretrain import args as pretrain_args
+from fsfm_fast.probe import args as probe_args
 from fsfm_fast.runtime import cli, flags
 
 REPO = Path(__file__).resolve().parents[1]
 
-VERBS = ("pretrain", "finetune", "finetune_fas", "evaluate", "export", "predict", "prepare", "data.make_shards")
+VERBS = ("pretrain", "finetune", "finetune_fas", "evaluate", "export", "predict", "prepare", "data.make_shards",
+         "probe")
 
 
 def _prepare_parser():
@@ -42,6 +44,7 @@ PARSE = {
     "predict": lambda argv: detector_args.predict_parser().parse_args(argv),
     "prepare": lambda argv: _prepare_parser().parse_args(argv),
     "data.make_shards": lambda argv: _make_shards_parser().parse_args(argv),
+    "probe": probe_args.parse_args,
 }
 PARSERS = {
     "pretrain": pretrain_args.get_args_parser,
@@ -52,6 +55,7 @@ PARSERS = {
     "predict": detector_args.predict_parser,
     "prepare": _prepare_parser,
     "data.make_shards": _make_shards_parser,
+    "probe": probe_args.get_args_parser,
 }
 FACES = ["faces", "--input", "in", "--out", "out"]
 SHARDS = ["src", "--out", "out"]
@@ -65,6 +69,8 @@ BAD = [
     ("pretrain", ["--input_size", "17"], "patch size 16"),
     # case 6
     ("finetune", ["--log_every", "0"], ">= 1"),
+    ("probe", ["--knn_k", "0"], ">= 1"),
+    ("probe", ["--knn_temperature", "inf"], "finite"),
     ("finetune_fas", ["--log_every", "0"], ">= 1"),
     # case 7
     ("finetune", ["--seed", "-1"], "in [0, 4294967295]"),

@@ -225,7 +225,9 @@ def test_bad_flags_fail_in_one_line_before_any_work(tmp_path, capsys):
                                                    "--output_dir", str(tmp_path / "out")]) == 2
     assert cli.run(probe_main, "fsfm_fast.probe", ["--checkpoint", "random:no_such_model",
                                                    "--output_dir", str(tmp_path / "out")]) == 2
-    assert cli.run(probe_main, "fsfm_fast.probe", ["--knn_k", "0"]) == 2
+    with pytest.raises(SystemExit) as stop:  # a flag out of its range stops at parse time, as in every verb
+        cli.run(probe_main, "fsfm_fast.probe", ["--knn_k", "0"])
+    assert stop.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(lines) == 3 and all(line.startswith("fsfm_fast.probe: error: ") for line in lines)
     assert "nowhere" in lines[0] and "no_such_model" in lines[1] and "--knn_k" in lines[2]

@@ -27,98 +27,27 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..runtime import cli
+from .args import parse_args
+
+if __name__ == "__main__":  # -h and flag errors answer before torch is imported (the imports below)
+    sys.exit(cli.run_verb("fsfm_fast.probe", parse_args, "fsfm_fast.probe.__main__"))
+
 from ..data.forgery import write_forgery_benchmark
 from ..data.identities import write_identity_benchmark
 from ..data.samples import parse_class_map
-from ..demo import PRETRAIN_DIR, PROBE_DIR, parse_with_defaults
+from ..demo import PRETRAIN_DIR
 from ..engine.checkpoint import CheckpointManager
 from ..formats import MEAN_STD_FILE, read_mean_std, safe_load
 from ..pretrain.args import DEMO_DEFAULTS as PRETRAIN_DEMO
-from ..runtime import cli, flags
 from ..runtime.devices import autocast_dtype, device_type, resolve_device
 from ..runtime.distributed import DistInfo, barrier, process_group
-from .encoders import ENCODER_CHOICES, load_encoder
-from .features import POOLS, RESIZES
-from .knn import DEFAULT_K, DEFAULT_TEMPERATURE
-from .linear import OPTIMIZERS, LinearSettings
+from .encoders import load_encoder
+from .linear import LinearSettings
 from .run import ProbeSettings, run_probes
-from .sets import LABELLINGS, read_probe_set
+from .sets import read_probe_set
 
 IDENTITY_DATA, FORGERY_DATA = "synthetic_identities", "synthetic_forgeries"
-DEMO_DEFAULTS = {"output_dir": PROBE_DIR}
-
-
-def get_args_parser():
-    p = cli.argument_parser("fsfm_fast.probe", __doc__)
-    g = p.add_argument_group("encoders")
-    g.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]SPEC",
-                   help="an encoder to probe; repeat to compare (default: the demo pretraining's and a random one)")
-    g.add_argument("--encoder", default=None, choices=ENCODER_CHOICES,
-                   help="which network of a pretraining checkpoint (default: online)")
-    g.add_argument("--model", default=None, help="the FSFM size of a state_dict whose keys do not tell it")
-    g.add_argument("--pool", default="avg", choices=list(POOLS),
-                   help="the feature: mean of the patch tokens, or the class token (both after the final norm)")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", action="append", default=[], metavar="[NAME=]ROOT",
-                   help="a set with train/ and test/ class folders; repeat for several")
-    g.add_argument("--train", default=None, help="with --test: the train split (folder of class folders or split file)")
-    g.add_argument("--test", default=None, help="with --train: the test split")
-    g.add_argument("--labels", default="auto", choices=LABELLINGS,
-                   help="binary: real/fake by the folder-name rule (fake = 1); classes: one class per folder, "
-                        "indices in sorted order of the train folder names; auto: binary when the rule names "
-                        "every folder")
-    g.add_argument("--class_map", action="append", default=[], metavar="NAME=real|fake[,...]",
-                   help="label class folders the naming rule does not know")
-    g.add_argument("--resize", default="plain", choices=RESIZES,
-                   help="plain: resize the whole image (aligned faces); crop: resize to size/0.875, centre crop")
-    g.add_argument("--synthetic_identities", default=32, type=int, help="people in the synthetic identity set")
-    g.add_argument("--synthetic_frames", default=4, type=int, help="pictures per person in each split")
-    g.add_argument("--synthetic_forgery_people", default=24, type=int,
-                   help="people in each split of the synthetic forgery set")
-    g = p.add_argument_group("probes")
-    g.add_argument("--knn_k", default=DEFAULT_K, type=int)
-    g.add_argument("--knn_temperature", default=DEFAULT_TEMPERATURE, type=float)
-    g.add_argument("--lin_epochs", default=100, type=int)
-    g.add_argument("--lin_blr", default=0.1, type=float, help="linear probe lr = blr * batch / 256")
-    g.add_argument("--lin_batch_size", default=256, type=int)
-    g.add_argument("--lin_optimizer", default="sgd", choices=OPTIMIZERS)
-    g = p.add_argument_group("run")
-    p.add_argument("--output_dir", default="output_probe")
-    g.add_argument("--cache_dir", default=None, help="feature cache (default: <output_dir>/feature_cache)")
-    g.add_argument("--no_cache", action="store_true", help="neither read nor write cached features")
-    g.add_argument("--seed", default=0, type=int, help="the linear probe's draws and a random encoder's weights")
-    flags.add_batch_flag(g, 64)
-    flags.add_worker_flag(g, 2)
-    flags.add_device_flags(g)
-    return p
-
-
-def _is_demo(args) -> bool:
-    return not args.checkpoint and not args.data and args.train is None and args.test is None
-
-
-def check_args(args) -> None:
-    """Every flag and path, before any work: one line naming the flag."""
-    flags.check(args)
-    for flag in ("knn_k", "lin_epochs", "lin_batch_size", "synthetic_frames"):
-        if getattr(args, flag) < 1:
-            raise cli.UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("synthetic_identities", "synthetic_forgery_people"):
-        if getattr(args, flag) < 2:
-            raise cli.UsageError(f"--{flag} must be >= 2, got {getattr(args, flag)}")
-    for flag in ("knn_temperature", "lin_blr"):
-        if not getattr(args, flag) > 0:
-            raise cli.UsageError(f"--{flag} must be > 0, got {getattr(args, flag)}")
-    if (args.train is None) != (args.test is None):
-        raise cli.UsageError("give --train and --test together")
-    for spec in [s.partition("=")[2] or s for s in args.data] + [s for s in (args.train, args.test) if s]:
-        for path in filter(None, (p.strip() for p in spec.split(","))):
-            if not path.startswith("dfb:") and not Path(path).exists():  # dfb: specs are checked by their reader
-                raise cli.UsageError(f"dataset path {path} does not exist")
-    for item in args.checkpoint:
-        spec = item if Path(item).exists() else item.partition("=")[2] or item
-        if not spec.startswith(("timm:", "random:")) and not Path(spec).exists():
-            raise cli.UsageError(f"--checkpoint {spec} does not exist")
 
 
 def demo_checkpoints(say) -> tuple[list[str], tuple | None]:
@@ -161,8 +90,7 @@ def probe_sets(args, info: DistInfo):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_with_defaults(get_args_parser(), argv, _is_demo, DEMO_DEFAULTS)
-    check_args(args)
+    args = parse_args(argv)
     with process_group(device_type(args.device)) as info:
         say = print if info.is_main else (lambda text: None)
         specs, mean_std = (args.checkpoint, None) if args.checkpoint else demo_checkpoints(say)
@@ -190,5 +118,3 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "fsfm_fast.probe"))

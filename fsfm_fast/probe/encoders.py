@@ -29,7 +29,6 @@ from ..formats import IMAGENET_MEAN, IMAGENET_STD, CheckpointError
 from ..models import MODEL_CONFIGS, create_online
 from ..runtime.cli import UsageError
 
-ENCODER_CHOICES = ("online", "target")
 
 
 @dataclass

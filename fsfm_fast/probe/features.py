@@ -29,9 +29,8 @@ from ..data.samples import Sample
 from ..evaluate import score_dataset
 from ..runtime.distributed import DistInfo
 from .encoders import Encoder
+from .args import POOLS
 
-POOLS = {"avg": "avg", "cls": "token"}  # our name -> timm's
-RESIZES = ("plain", "crop")
 CACHE_VERSION = 1
 
 

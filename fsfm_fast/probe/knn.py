@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.neighbors import KNeighborsClassifier
 
-DEFAULT_K = 20
-DEFAULT_TEMPERATURE = 0.07
+from .args import DEFAULT_K, DEFAULT_TEMPERATURE
+
 
 
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = DEFAULT_K,

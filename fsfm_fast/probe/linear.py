@@ -19,7 +19,6 @@ from torch import nn
 
 from ..engine.schedules import cosine_lr
 
-OPTIMIZERS = ("sgd", "lars")
 
 
 @dataclass

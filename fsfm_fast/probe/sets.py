@@ -22,7 +22,6 @@ from ..data.labelled import samples_from
 from ..data.samples import LABEL_NAMES, Sample, folder_label
 from ..runtime.cli import UsageError
 
-LABELLINGS = ("auto", "binary", "classes")
 
 
 @dataclass
