@@ -319,3 +319,10 @@ def test_typed_values_parse_to_numbers():
     assert flags.positive("3") == 3 and flags.number(0, 1)("0.25") == 0.25 and flags.seed("4294967295") == 2**32 - 1
     with pytest.raises(argparse.ArgumentTypeError, match="must be a finite number, got 'nan'"):
         flags.non_negative("nan")
+
+
+def test_the_parsers_precisions_are_the_ones_devices_knows():
+    # the parsers list --precision's names without importing torch; devices maps them to autocast dtypes
+    from fsfm_fast.runtime.devices import AUTOCAST_DTYPES
+
+    assert set(flags.PRECISIONS) == {"auto", *AUTOCAST_DTYPES}

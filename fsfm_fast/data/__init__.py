@@ -3,7 +3,7 @@
 Shards (``make_shards``, ``shards``), DALI (``dali``) and the loader builder (``loaders``) are
 submodules imported where used, so importing this package stays light."""
 
-from fsfm_fast.lazy import lazy_names
+from fsfm_fast.runtime.lazy import lazy_names
 
 # imported on first use (PEP 562): most of these need torch, and ``python -m fsfm_fast.data.make_shards -h``
 # or a verb's parser must not pay for it

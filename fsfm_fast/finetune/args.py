@@ -5,7 +5,7 @@ flag answer before the training modules are imported; the descriptions are the v
 from __future__ import annotations
 
 from .. import demo
-from ..models.configs import HEADS, list_models
+from ..models.configs import HEADS, check_input_size, list_models
 from ..runtime import cli, flags
 
 
@@ -148,6 +148,7 @@ def parse_args(argv: list[str] | None = None):
                                     DEMO_DEFAULTS, [(lambda a: a.adapter == "fs", ADAPTER_DEFAULTS)])
     args.eval_batch_size = args.eval_batch_size or 2 * args.batch_size
     flags.check(args)
+    check_input_size(args.model, args.input_size)
     # each number's range is its type's (runtime.flags); what remains needs two flags at once
     if args.train_split and not args.val_split and not args.data_path:
         raise cli.UsageError("--train_split needs --val_split (model selection uses the source validation split)")
@@ -239,6 +240,7 @@ def parse_fas_args(argv: list[str] | None = None):
     args = demo.parse_with_defaults(get_fas_parser(), argv, lambda a: not a.source and a.target is None, FAS_DEMO_DEFAULTS,
                                     [(lambda a: a.adapter == "fs", FAS_ADAPTER_DEFAULTS)])
     flags.check(args)
+    check_input_size(args.model, args.input_size)
     if args.resume not in ("", "auto"):
         raise cli.UsageError(f"--resume takes 'auto' here (each seed continues from its newest checkpoint in "
                              f"seed_<s>/), got {args.resume!r}")

@@ -4,7 +4,7 @@ The names below are imported on first use (PEP 562), so that ``fsfm_fast.models.
 verbs' parsers read, does not bring torch and timm in with this package."""
 from __future__ import annotations
 
-from fsfm_fast.lazy import lazy_names
+from fsfm_fast.runtime.lazy import lazy_names
 
 _HOMES = {
     "configs": ("MODEL_CONFIGS", "REP_POS_EMBEDS", "ModelConfig", "get_config", "list_models"),

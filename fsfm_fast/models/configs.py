@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fsfm_fast.runtime.cli import UsageError
+
 
 REP_POS_EMBEDS = ("zeros", "sincos")  # the rep decoder's frozen position embedding (models/fsfm.py)
 HEADS = ("linear", "fas", "fas_pooled")  # a detector's heads (models/heads.py)
@@ -44,3 +46,10 @@ def get_config(name: str) -> ModelConfig:
         return MODEL_CONFIGS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_CONFIGS)}") from None
+
+
+def check_input_size(model: str, input_size: int) -> None:
+    """``--input_size`` a whole number of ``model``'s patches (the patch grid cannot hold a remainder)."""
+    patch = get_config(model).patch_size
+    if input_size < patch or input_size % patch:
+        raise UsageError(f"--input_size {input_size} is not a multiple of {model}'s patch size {patch}")

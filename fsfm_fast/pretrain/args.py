@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from .. import demo
-from ..models.configs import REP_POS_EMBEDS, list_models
+from ..models.configs import REP_POS_EMBEDS, check_input_size, list_models
 from ..runtime import cli, flags
 from ..runtime.cli import UsageError
 from ..runtime.flags import LOADERS
@@ -128,6 +128,7 @@ def check_args(args: argparse.Namespace) -> None:
     """What the typed flags cannot check alone (each number's range is its type's, ``runtime.flags``):
     one line naming the flag, before anything is read or written."""
     flags.check(args)
+    check_input_size(args.model, args.input_size)
 
 
 def check_paths(args: argparse.Namespace) -> None:

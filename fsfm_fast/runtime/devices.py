@@ -7,7 +7,9 @@ import torch
 
 from .cli import UsageError
 from .distributed import DistInfo
-from .flags import PRECISIONS
+
+# --precision's names (runtime/flags.PRECISIONS lists them for the parsers, which must not import torch)
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 
@@ -42,11 +44,11 @@ def resolve_device(name: str, info: DistInfo = DistInfo()) -> torch.device:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``--precision`` (``auto``: bf16 on CUDA, fp32 elsewhere); None for fp32."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in ("auto", *AUTOCAST_DTYPES):
+        raise UsageError(f"--precision must be one of auto, {', '.join(AUTOCAST_DTYPES)}, got {precision!r}")
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return AUTOCAST_DTYPES[precision]
 
 
 def fused(optimizer, params, **kwargs) -> torch.optim.Optimizer:

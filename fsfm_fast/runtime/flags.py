@@ -174,20 +174,10 @@ def add_run_flags(group, *, output_dir: str, keep_last: int, save_every: int, se
         group.add_argument("--seed", default=0, type=seed, help="seed of initialisation, data order and augmentation")
 
 
-def check_input_size(args: argparse.Namespace) -> None:
-    """``--input_size`` a whole number of the model's patches (the patch grid cannot hold a remainder)."""
-    from ..models.configs import get_config  # torch-free
-
-    patch = get_config(args.model).patch_size
-    if args.input_size < patch or args.input_size % patch:
-        raise UsageError(f"--input_size {args.input_size} is not a multiple of {args.model}'s patch size {patch}")
-
-
 def check(args: argparse.Namespace) -> None:
-    """What the typed flags cannot check alone: the input size against the model, and ``--device`` one
-    this machine has (the one check here that imports torch)."""
-    if getattr(args, "input_size", None) is not None and getattr(args, "model", None):
-        check_input_size(args)
+    """What the typed flags cannot check alone: ``--device`` one this machine has (the one check here that
+    imports torch, so it is imported when the flags have parsed). The input size against the model is
+    ``models.configs.check_input_size``, called by the verbs that have both."""
     if hasattr(args, "device"):
         from .devices import check_device
 
