@@ -314,8 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.checkpoint is None or not tests:
         raise cli.UsageError("give both --checkpoint and at least one --test NAME=PATH (or neither, for the demo)")
     flags.check(args)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise cli.UsageError(f"--threshold is a probability in [0, 1], got {args.threshold}")
     detector = Path(args.checkpoint)
     if detector.suffix == ".safetensors" and (detector.parent / "config.json").is_file():
         detector = detector.parent  # an export's weights file stands for its folder

@@ -394,8 +394,6 @@ def prepare(args) -> Exportable:
     missing = [m for m in ONNX_PACKAGES if importlib.util.find_spec(m) is None] if args.onnx else []
     if missing:
         raise cli.UsageError(f"--onnx needs {', '.join(missing)}: pip install 'fsfm_fast[export]'")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise cli.UsageError(f"--threshold is a probability in [0, 1], got {args.threshold}")
     if args.mean_std and args.normalize_from_IMN:
         raise cli.UsageError("give --mean_std or --normalize_from_IMN, not both")
     path = Path(args.checkpoint)

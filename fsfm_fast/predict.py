@@ -394,11 +394,6 @@ def check_args(args) -> None:
         print("no INPUT and no --detector: running the demo (python -m fsfm_fast.predict --demo)", flush=True)
     if not args.demo and (not args.inputs or not args.detector):
         raise cli.UsageError("give INPUT... and --detector OUT_OR_CKPT (or nothing, or --demo, for the demo)")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise cli.UsageError(f"--threshold is a probability in [0, 1], got {args.threshold}")
-    if min(args.batch_size, args.num_frames, args.sheet_max) < 1 or args.num_workers < 0 or args.crop_scale <= 0:
-        raise cli.UsageError("--batch_size, --num_frames and --sheet_max must be >= 1, --num_workers >= 0, "
-                             "--crop_scale > 0")
     check_outputs(args)
 
 

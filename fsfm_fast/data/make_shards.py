@@ -398,12 +398,6 @@ def convert(args: argparse.Namespace) -> dict:
 def check_args(args: argparse.Namespace) -> None:
     """Every flag and path, before any work: the sources exist and have the reference layout, and a
     file can be written in --out."""
-    if not 1 <= args.quality <= 100:
-        raise UsageError(f"--quality must be in 1..100, got {args.quality}")
-    if args.shard_size_mb <= 0 or args.samples_per_shard < 0:
-        raise UsageError("--shard_size_mb must be > 0 and --samples_per_shard >= 0")
-    if args.workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {args.workers}")
     for root in args.roots:
         if not root.exists():
             raise UsageError(f"source folder {root} does not exist")
