@@ -56,7 +56,8 @@ from .inference import positive_probability
 from .metrics import METRIC_KEYS, frame_metrics, video_metrics
 from .models.detector import eval_transform
 from .models.loading import load_detector
-from .scorer import load_scorer
+from .formats import EXPORT_CONFIG
+from .scorer import detector_path, load_scorer
 from .onnx_runtime import choose_runtime
 from .runtime.signals import ignore_stop_signals, shutdown_workers, stop_signals_held
 
@@ -314,10 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.checkpoint is None or not tests:
         raise cli.UsageError("give both --checkpoint and at least one --test NAME=PATH (or neither, for the demo)")
     flags.check(args)
-    detector = Path(args.checkpoint)
-    if detector.suffix == ".safetensors" and (detector.parent / "config.json").is_file():
-        detector = detector.parent  # an export's weights file stands for its folder
-    if not (detector.is_file() or (detector / "config.json").is_file()):
+    detector = detector_path(args.checkpoint)  # an export's weights file stands for its folder
+    if not (detector.is_file() or (detector / EXPORT_CONFIG).is_file()):
         raise cli.UsageError(f"--checkpoint {args.checkpoint} is neither a checkpoint nor an export folder (config.json)")
     runtime = choose_runtime(args.runtime, detector, args.device, args.precision)
     default_out = detector / "eval" if detector.is_dir() else detector.parent / "eval"

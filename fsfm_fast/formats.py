@@ -202,14 +202,14 @@ def find_mean_std(path: Path, obj: dict) -> tuple[tuple[list[float], list[float]
             return ([float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]), f"{path} ({key})"
     stats = (read_timm_config(path.parent) or {}).get("pretrained_cfg")  # an export's model.safetensors
     if isinstance(stats, Mapping) and "mean" in stats and "std" in stats:
-        return ([float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]), str(path.parent / "config.json")
+        return ([float(x) for x in stats["mean"]], [float(x) for x in stats["std"]]), str(path.parent / EXPORT_CONFIG)
     return None, None
 
 
 def read_timm_config(folder: str | Path) -> dict | None:
     """The ``config.json`` of a timm / Hugging Face model folder (an export), or None when there is none."""
     try:
-        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((Path(folder) / EXPORT_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) else None

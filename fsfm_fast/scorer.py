@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from .formats import ADAPTER_FORMAT, DETECTOR_FORMAT, CheckpointError, read_timm_config, safe_load
+from .formats import ADAPTER_FORMAT, DETECTOR_FORMAT, EXPORT_CONFIG, CheckpointError, read_timm_config, safe_load
 from .inference import Contract
 from .models.detector import eval_transform
 from .models.heads import recorded_head
@@ -92,7 +92,7 @@ def _from_checkpoint(path: Path) -> tuple[torch.nn.Module, Callable, Contract, s
 def detector_path(spec: str) -> Path:
     """``spec`` as the path to load: an export's weights file stands for its folder."""
     path = Path(spec)
-    if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
+    if path.suffix == ".safetensors" and (path.parent / EXPORT_CONFIG).is_file():
         return path.parent
     return path
 
